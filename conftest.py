@@ -1,0 +1,17 @@
+"""Make sure ``import platform`` gives this repository's package, not the stdlib module.
+
+pytest (through its plugins) may import the stdlib ``platform`` before collecting; our package
+re-executes the stdlib code, so swapping it in keeps every attribute those importers use.
+"""
+
+import importlib
+import os
+import sys
+
+_ROOT = os.path.dirname(os.path.abspath(__file__))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+_mod = sys.modules.get("platform")
+if _mod is not None and not hasattr(_mod, "__path__"):
+    del sys.modules["platform"]
+    importlib.import_module("platform")

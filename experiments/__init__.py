@@ -1,0 +1,1 @@
+"""The latent-thought science: corpus, formats, teacher, E-step, M-step, evaluation, stage graphs."""

@@ -1,0 +1,56 @@
+-- The results store. One ingester (platform.ingest) owns writes; everything else opens read-only.
+CREATE TABLE IF NOT EXISTS studies (
+    study VARCHAR PRIMARY KEY, experiment VARCHAR, directions VARCHAR[], storage VARCHAR,
+    created_at TIMESTAMP, n_trials INTEGER
+);
+CREATE TABLE IF NOT EXISTS trials (
+    study VARCHAR, number INTEGER, state VARCHAR, params JSON, "values" DOUBLE[],
+    run_id VARCHAR, error VARCHAR, started_at TIMESTAMP, ended_at TIMESTAMP,
+    PRIMARY KEY (study, number)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY, experiment VARCHAR, kind VARCHAR, study VARCHAR, trial INTEGER,
+    seed INTEGER, params JSON, config JSON, git_commit VARCHAR, git_dirty BOOLEAN, status VARCHAR,
+    error VARCHAR, run_dir VARCHAR, started_at TIMESTAMP, ended_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS stages (
+    run_id VARCHAR, stage VARCHAR, iteration INTEGER, cache_key VARCHAR, job_id VARCHAR,
+    status VARCHAR, cached BOOLEAN, started_at TIMESTAMP, ended_at TIMESTAMP, wall_s DOUBLE,
+    tokens_in BIGINT, tokens_out BIGINT, flops DOUBLE, gpu_hours DOUBLE, artifact_dir VARCHAR
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id VARCHAR, iteration INTEGER, stage VARCHAR, name VARCHAR, step BIGINT, value DOUBLE
+);
+CREATE TABLE IF NOT EXISTS estep_samples (
+    run_id VARCHAR, iteration INTEGER, doc_id VARCHAR, chunk_id INTEGER, sample_idx INTEGER,
+    thought VARCHAR, thought_tokens INTEGER, log_p_joint DOUBLE, log_q DOUBLE, log_w DOUBLE,
+    selected BOOLEAN, model_path VARCHAR
+);
+-- Per run and iteration, the eval metrics side by side (accuracy, nll, elbo_k, ess).
+CREATE OR REPLACE VIEW iterations AS
+SELECT r.run_id, r.experiment, r.kind, r.study, r.trial, r.seed, m.iteration,
+       max(CASE WHEN m.name = 'accuracy' THEN m.value END) AS accuracy,
+       max(CASE WHEN m.name = 'nll' THEN m.value END) AS nll,
+       max(CASE WHEN m.name = 'elbo_1' THEN m.value END) AS elbo_1,
+       max(CASE WHEN m.name = 'elbo_2' THEN m.value END) AS elbo_2,
+       max(CASE WHEN m.name = 'elbo_4' THEN m.value END) AS elbo_4
+FROM runs r JOIN metrics m USING (run_id)
+WHERE m.stage = 'eval'
+GROUP BY ALL;
+CREATE OR REPLACE VIEW accuracy_by_iteration AS
+SELECT kind, experiment, iteration, count(*) AS n_runs, avg(accuracy) AS mean_accuracy,
+       stddev_samp(accuracy) / sqrt(count(*)) AS se_accuracy
+FROM iterations GROUP BY ALL ORDER BY kind, experiment, iteration;
+-- Gain over the run's warm start (iteration 0) against cumulative E-step compute.
+CREATE OR REPLACE VIEW gain_vs_estep_compute AS
+WITH estep AS (
+    SELECT run_id, iteration, sum(flops) AS estep_flops, sum(gpu_hours) AS estep_gpu_hours
+    FROM stages WHERE stage = 'estep' GROUP BY ALL
+), cum AS (
+    SELECT run_id, iteration,
+           sum(estep_flops) OVER (PARTITION BY run_id ORDER BY iteration) AS cum_estep_flops
+    FROM estep
+)
+SELECT i.run_id, i.kind, i.iteration, r.params, c.cum_estep_flops, i.accuracy,
+       i.accuracy - first_value(i.accuracy) OVER (PARTITION BY i.run_id ORDER BY i.iteration) AS gain
+FROM iterations i JOIN runs r USING (run_id) LEFT JOIN cum c USING (run_id, iteration);

@@ -1,0 +1,166 @@
+"""Stages: picklable units of work with content-addressed, resumable outputs.
+
+A stage names a function by dotted path (``"experiments.estep:run_shard"``), carries the plain-dict
+config that function needs and the stages it reads from. Its cache key hashes all of that, so two
+trials that ask for the same work share one output folder, and a finished stage is never re-run.
+
+Stage functions take a :class:`StageContext` and return a summary dict (``tokens_in``,
+``tokens_out``, ``flops`` and anything else worth keeping). They write append-only files into
+``ctx.out_dir``: ``metrics.jsonl`` rows ``{"name", "step", "value"}`` and, for the E-step,
+``estep_samples.parquet``. The completion marker ``_COMPLETE.json`` is written last, by us.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+MARKER = "_COMPLETE.json"
+CODE_VERSION = "1"  # bump to invalidate every cache after a change of stage semantics
+
+
+@dataclass
+class StageContext:
+    stage: str
+    key: str
+    out_dir: Path
+    config: dict[str, Any]
+    inputs: dict[str, Path]
+    iteration: Optional[int] = None
+    shard_index: int = 0
+    num_shards: int = 1
+    seed: int = 0
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """Append metric rows ``{"name", "step", "value"}`` to this stage's metrics.jsonl."""
+        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+
+
+@dataclass
+class Stage:
+    name: str  # prepare_data | teacher | warm_start | estep | mstep | eval | ...
+    fn: str  # "module:function" taking a StageContext
+    config: dict[str, Any]
+    inputs: dict[str, "Stage"] = field(default_factory=dict)
+    iteration: Optional[int] = None
+    num_shards: int = 1  # > 1: the orchestrator runs shards as one job array, then `merge_fn`
+    merge_fn: Optional[str] = None
+    profile: str = "default"  # launcher resource profile: estep | mstep | eval | default
+    seed: int = 0
+    label: Optional[str] = None  # display name, e.g. "estep[2]"
+
+    @property
+    def key(self) -> str:
+        payload = {
+            "v": CODE_VERSION,
+            "name": self.name,
+            "fn": self.fn,
+            "merge_fn": self.merge_fn,
+            "config": self.config,
+            "num_shards": self.num_shards,
+            "seed": self.seed,
+            "inputs": {k: s.key for k, s in sorted(self.inputs.items())},
+        }
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
+    def display(self) -> str:
+        return self.label or (self.name if self.iteration is None else f"{self.name}[{self.iteration}]")
+
+    def out_dir(self, results: Path) -> Path:
+        return Path(results) / "artifacts" / self.name / self.key
+
+    def is_complete(self, results: Path) -> bool:
+        return (self.out_dir(results) / MARKER).exists()
+
+    def context(self, results: Path, shard_index: int = 0, out_dir: Optional[Path] = None) -> StageContext:
+        return StageContext(
+            stage=self.name,
+            key=self.key,
+            out_dir=out_dir or self.out_dir(results),
+            config=self.config,
+            inputs={k: s.out_dir(results) for k, s in self.inputs.items()},
+            iteration=self.iteration,
+            shard_index=shard_index,
+            num_shards=self.num_shards,
+            seed=self.seed,
+        )
+
+
+def resolve(path: str) -> Callable[[StageContext], dict[str, Any]]:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def shard_dir(out_dir: Path, shard_index: int) -> Path:
+    return out_dir / "shards" / f"{shard_index:05d}"
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _run_fn(fn_path: str, ctx: StageContext) -> dict[str, Any]:
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    summary = resolve(fn_path)(ctx) or {}
+    ended = time.time()
+    record = {
+        "stage": ctx.stage,
+        "key": ctx.key,
+        "iteration": ctx.iteration,
+        "shard_index": ctx.shard_index,
+        "started_at": started,
+        "ended_at": ended,
+        "wall_s": ended - started,
+        "host": socket.gethostname(),
+        "job_id": os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_JOB_ID") or str(os.getpid()),
+        "summary": summary,
+    }
+    _write_json_atomic(ctx.out_dir / MARKER, record)
+    return record
+
+
+def run_stage(stage: Stage, results: str | Path, shard_index: Optional[int] = None) -> dict[str, Any]:
+    """Run one stage (or one shard of it) unless its marker exists. What every job executes.
+
+    A rerun of an interrupted stage starts from a clean folder, except sharded stages and stages
+    that resume from their own checkpoints: those keep what they wrote (``resumable`` functions
+    look at ``ctx.out_dir`` themselves).
+    """
+    results = Path(results)
+    out = stage.out_dir(results)
+    if shard_index is not None:
+        sdir = shard_dir(out, shard_index)
+        if (sdir / MARKER).exists():
+            return json.loads((sdir / MARKER).read_text())
+        return _run_fn(stage.fn, stage.context(results, shard_index, out_dir=sdir))
+    if (out / MARKER).exists():
+        return json.loads((out / MARKER).read_text())
+    fn = stage.merge_fn if stage.num_shards > 1 else stage.fn
+    return _run_fn(fn, stage.context(results))
+
+
+def load_record(stage: Stage, results: str | Path) -> Optional[dict[str, Any]]:
+    marker = stage.out_dir(Path(results)) / MARKER
+    return json.loads(marker.read_text()) if marker.exists() else None
+
+
+def clear_incomplete(stage: Stage, results: str | Path) -> None:
+    """Remove a stage folder that has no marker (used by `--force` style reruns)."""
+    out = stage.out_dir(Path(results))
+    if out.exists() and not (out / MARKER).exists():
+        shutil.rmtree(out)
