@@ -12,6 +12,8 @@ Stage functions take a :class:`StageContext` and return a summary dict (``tokens
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib
 import json
@@ -143,15 +145,26 @@ def run_stage(stage: Stage, results: str | Path, shard_index: Optional[int] = No
     """
     results = Path(results)
     out = stage.out_dir(results)
-    if shard_index is not None:
-        sdir = shard_dir(out, shard_index)
-        if (sdir / MARKER).exists():
-            return json.loads((sdir / MARKER).read_text())
-        return _run_fn(stage.fn, stage.context(results, shard_index, out_dir=sdir))
-    if (out / MARKER).exists():
-        return json.loads((out / MARKER).read_text())
-    fn = stage.merge_fn if stage.num_shards > 1 else stage.fn
-    return _run_fn(fn, stage.context(results))
+    target = out if shard_index is None else shard_dir(out, shard_index)
+    target.mkdir(parents=True, exist_ok=True)
+    # A job orphaned by a killed driver may still be writing here: wait for it, then reuse its work.
+    with _exclusive(target / ".lock"):
+        if (target / MARKER).exists():
+            return json.loads((target / MARKER).read_text())
+        if shard_index is not None:
+            return _run_fn(stage.fn, stage.context(results, shard_index, out_dir=target))
+        fn = stage.merge_fn if stage.num_shards > 1 and stage.merge_fn else stage.fn
+        return _run_fn(fn, stage.context(results))
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def load_record(stage: Stage, results: str | Path) -> Optional[dict[str, Any]]:

@@ -1,0 +1,29 @@
+"""Shared command-line plumbing: compose + validate, print the config, turn errors into exit codes."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Optional, Sequence
+
+from omegaconf import OmegaConf
+
+from platform.app import load_app
+from platform.compose import Composed, compose_config
+from platform.validate import ConfigError
+
+
+def load(argv: Optional[Sequence[str]]) -> Composed:
+    app = load_app()
+    return compose_config(list(sys.argv[1:] if argv is None else argv), rules=tuple(app.RULES))
+
+
+def main_guard(fn: Callable[[Composed], int | None], argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        composed = load(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if composed.print_cfg:
+        print(OmegaConf.to_yaml(composed.raw))
+        return 0
+    return fn(composed) or 0

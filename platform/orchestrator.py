@@ -1,0 +1,149 @@
+"""Walk a trial's plan: submit each unfinished stage through the launcher, wait, record, ingest.
+
+Only this module submits jobs. Stages shared between concurrent trials (data preparation, warm
+start) are guarded by an in-process lock per cache key, so the second trial waits for the first
+and then reuses its output instead of computing it twice.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from platform.plan import Plan
+from platform.rundir import RunDir
+from platform.stage import MARKER, Stage, load_record, shard_dir
+
+ReportFn = Callable[[Stage, dict[str, float]], None]
+
+
+class StageFailed(RuntimeError):
+    def __init__(self, stage: Stage, detail: str):
+        self.stage = stage
+        self.detail = detail
+        super().__init__(f"stage {stage.display} (key {stage.key}) failed:\n{detail}")
+
+
+@dataclass
+class Progress:
+    """What the live view shows: each run's current stage."""
+
+    current: dict[str, str] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def set(self, run_id: str, text: Optional[str]) -> None:
+        with self.lock:
+            if text is None:
+                self.current.pop(run_id, None)
+            else:
+                self.current[run_id] = text
+
+
+_KEY_LOCKS: dict[str, threading.Lock] = {}
+_KEY_LOCKS_GUARD = threading.Lock()
+
+
+def _key_lock(key: str) -> threading.Lock:
+    with _KEY_LOCKS_GUARD:
+        return _KEY_LOCKS.setdefault(key, threading.Lock())
+
+
+def read_stage_metrics(stage: Stage, results: Path) -> dict[str, float]:
+    """The last value of each metric a stage wrote."""
+    path = stage.out_dir(results) / "metrics.jsonl"
+    values: dict[str, float] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                values[row["name"]] = row["value"]
+    return values
+
+
+class Orchestrator:
+    def __init__(self, launcher_cfg: dict[str, Any], results: Path, progress: Optional[Progress] = None,
+                 ingest: Optional[Callable[[str], None]] = None):
+        self.launcher_cfg = launcher_cfg
+        self.results = Path(results)
+        self.progress = progress or Progress()
+        self.ingest = ingest or (lambda run_id: None)
+        self.active_jobs: dict[str, list[Any]] = {}
+
+    def _gpus(self, stage: Stage) -> int:
+        profile = self.launcher_cfg.get("profiles", {}).get(stage.profile) or {}
+        return int(profile.get("gpus_per_task", 0)) * int(profile.get("tasks_per_node", 1)) * int(profile.get("nodes", 1))
+
+    def _submit_and_wait(self, stage: Stage, run: RunDir, shard_indices: Optional[list[int]] = None) -> list[str]:
+        import launchers
+
+        log_dir = run.logs / stage.display.replace("[", "_").replace("]", "")
+        jobs = launchers.submit_stage(stage, self.results, self.launcher_cfg, log_dir, shard_indices=shard_indices)
+        job_ids = [str(j.job_id) for j in jobs]
+        run.ledger({"stage": stage.name, "iteration": stage.iteration, "key": stage.key, "status": "submitted",
+                    "job_id": ",".join(job_ids), "artifact_dir": str(stage.out_dir(self.results))})
+        self.active_jobs[run.run_id] = jobs
+        try:
+            launchers.wait_jobs(jobs, poll_s=float(self.launcher_cfg.get("poll_interval_s", 0.2)))
+        except launchers.StageJobError as exc:
+            raise StageFailed(stage, str(exc)) from None
+        finally:
+            self.active_jobs.pop(run.run_id, None)
+        return job_ids
+
+    def run_stage(self, stage: Stage, run: RunDir) -> dict[str, Any]:
+        cached = stage.is_complete(self.results)
+        job_ids: list[str] = []
+        with _key_lock(stage.key):
+            if not stage.is_complete(self.results):
+                cached = False
+                self.progress.set(run.run_id, stage.display)
+                if stage.num_shards > 1:
+                    todo = [i for i in range(stage.num_shards)
+                            if not (shard_dir(stage.out_dir(self.results), i) / MARKER).exists()]
+                    self.progress.set(run.run_id, f"{stage.display} ({len(todo)}/{stage.num_shards} shards)")
+                    if todo:
+                        job_ids += self._submit_and_wait(stage, run, shard_indices=todo)
+                job_ids += self._submit_and_wait(stage, run)
+        record = load_record(stage, self.results) or {}
+        if not record:
+            raise StageFailed(stage, "the job finished but wrote no completion marker")
+        run.ledger({"stage": stage.name, "iteration": stage.iteration, "key": stage.key, "status": "completed",
+                    "cached": cached, "job_id": ",".join(job_ids) or record.get("job_id"),
+                    "artifact_dir": str(stage.out_dir(self.results)), "gpus": self._gpus(stage),
+                    "wall_s": record.get("wall_s")})
+        return record
+
+    def execute(self, plan: Plan, run: RunDir, report: Optional[ReportFn] = None) -> dict[str, float]:
+        """Run every stage of ``plan`` in order; returns the run's final metrics and compute totals."""
+        reports = {s.key for s in plan.reports}
+        totals: dict[str, float] = {"estep_flops": 0.0, "train_flops": 0.0, "eval_flops": 0.0, "wall_s": 0.0}
+        final: dict[str, float] = {}
+        try:
+            for stage in plan.stages:
+                record = self.run_stage(stage, run)
+                summary = record.get("summary", {})
+                bucket = {"estep": "estep_flops", "mstep": "train_flops", "warm_start": "train_flops",
+                          "eval": "eval_flops"}.get(stage.name)
+                if bucket:
+                    totals[bucket] += float(summary.get("flops") or 0.0)
+                totals["wall_s"] += float(record.get("wall_s") or 0.0)
+                self.ingest(run.run_id)
+                if stage.key in reports:
+                    final = read_stage_metrics(stage, self.results)
+                    if report is not None:
+                        report(stage, final)
+        finally:
+            self.progress.set(run.run_id, None)
+        totals["total_flops"] = totals["estep_flops"] + totals["train_flops"]
+        return {**final, **totals}
+
+    def cancel(self, run_id: str) -> None:
+        import launchers
+
+        jobs = self.active_jobs.get(run_id)
+        if jobs:
+            launchers.cancel_jobs(jobs)
+

@@ -1,0 +1,76 @@
+"""The run-directory contract: everything needed to trace a number in DuckDB back to its source.
+
+<results>/runs/<run_id>/
+    run.json        run_id, experiment, kind, study, trial, seed, params, status, error, times
+    config.yaml     the fully resolved config of this run
+    overrides.yaml  the command-line overrides and the trial's params
+    git.json        commit and whether the tree was dirty
+    stages.jsonl    the ledger: one line per stage event (stage, iteration, key, artifact dir, status)
+    logs/           one folder per submitted job (submitit's stdout/stderr)
+Stage outputs (checkpoints in Hugging Face format, metrics.jsonl, estep_samples.parquet) live in
+<results>/artifacts/<stage>/<cache key>/ and are shared by every run whose stage has that key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from platform.compose import REPO_ROOT
+
+
+def git_info(root: Path = REPO_ROOT) -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False).stdout.strip()
+
+    commit = git("rev-parse", "HEAD") or None
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None
+    return {"commit": commit, "dirty": dirty}
+
+
+class RunDir:
+    def __init__(self, results: Path, run_id: str):
+        self.results = Path(results)
+        self.run_id = run_id
+        self.path = self.results / "runs" / run_id
+        self.logs = self.path / "logs"
+        self._lock = threading.Lock()
+
+    def create(self, config: dict[str, Any], overrides: list[str], meta: dict[str, Any], git: dict[str, Any]) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        (self.path / "overrides.yaml").write_text(yaml.safe_dump({"overrides": overrides, "params": meta.get("params", {})}))
+        (self.path / "git.json").write_text(json.dumps(git))
+        previous = self.read_meta()
+        meta = {**meta, "started_at": previous.get("started_at", time.time()), "status": "running", "error": None}
+        self.write_meta(meta)
+
+    def read_meta(self) -> dict[str, Any]:
+        path = self.path / "run.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        tmp = self.path / f"run.json.tmp{os.getpid()}"
+        tmp.write_text(json.dumps(meta, indent=1, default=str))
+        os.replace(tmp, self.path / "run.json")
+
+    def update_meta(self, **fields: Any) -> None:
+        with self._lock:
+            self.write_meta({**self.read_meta(), **fields})
+
+    def ledger(self, entry: dict[str, Any]) -> None:
+        with self._lock, open(self.path / "stages.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"t": time.time(), **entry}, default=str) + "\n")
+
+    def read_ledger(self) -> list[dict[str, Any]]:
+        path = self.path / "stages.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,77 @@
+"""One run of an experiment: apply a trial's params, build its plan, execute it, record the outcome."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from platform.app import load_app
+from platform.compose import to_dict
+from platform.orchestrator import Orchestrator, ReportFn
+from platform.rundir import RunDir, git_info
+from platform.validate import validate
+
+# Config sections that say how and where to run, not what: they do not change a run's identity.
+_NOT_IDENTITY = ("sweep", "launcher", "paths", "dry_run")
+
+
+@dataclass
+class TrialSpec:
+    cfg: Any  # typed Config with the trial's params applied
+    raw: DictConfig
+    params: dict[str, Any]
+    overrides: list[str]
+    study: Optional[str] = None
+    trial: Optional[int] = None
+
+
+def apply_params(raw: DictConfig, params: dict[str, Any], overrides: list[str], study: Optional[str] = None,
+                 trial: Optional[int] = None) -> TrialSpec:
+    app = load_app()
+    raw = raw.copy()
+    for key, value in params.items():
+        OmegaConf.update(raw, key, value, merge=False)
+    schema = type(app.schema_instance())
+    cfg = validate(raw, schema, tuple(app.RULES))
+    return TrialSpec(cfg=cfg, raw=raw, params=params, overrides=overrides, study=study, trial=trial)
+
+
+def run_id_for(spec: TrialSpec) -> str:
+    """Same experiment config -> same run: a retried or re-sampled trial reuses the run folder."""
+    identity = {k: v for k, v in to_dict(spec.raw).items() if k not in _NOT_IDENTITY}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{spec.cfg.experiment.name}-s{spec.cfg.seed}-{digest}"
+
+
+def run_trial(spec: TrialSpec, orchestrator: Orchestrator, report: Optional[ReportFn] = None) -> tuple[str, dict[str, float]]:
+    app = load_app()
+    cfg = spec.cfg
+    run_id = run_id_for(spec)
+    run = RunDir(Path(cfg.paths.results), run_id)
+    plan = app.build_plan(cfg)
+    run.create(
+        config=to_dict(spec.raw),
+        overrides=spec.overrides,
+        meta={"run_id": run_id, "experiment": cfg.experiment.name, "kind": plan.kind, "study": spec.study,
+              "trial": spec.trial, "seed": cfg.seed, "params": spec.params},
+        git=git_info(),
+    )
+    try:
+        metrics = orchestrator.execute(plan, run, report)
+    except BaseException as exc:
+        pruned = type(exc).__name__ == "TrialPruned"
+        status = "pruned" if pruned else ("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+        error = None if pruned else "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        run.update_meta(status=status, error=error, ended_at=time.time())
+        orchestrator.ingest(run_id)
+        raise
+    run.update_meta(status="completed", ended_at=time.time(), metrics=metrics)
+    orchestrator.ingest(run_id)
+    return run_id, metrics
