@@ -7,12 +7,14 @@ composed config), ``run_kind(cfg)`` and ``build_plan(cfg) -> platform.plan.Plan`
 from __future__ import annotations
 
 import importlib
+import os
 from types import ModuleType
 
 APP = "experiments.app"
 
 
 def load_app() -> ModuleType:
-    app = importlib.import_module(APP)
+    """The science module; ``PLATFORM_APP`` names another (the platform's own tests use a toy one)."""
+    app = importlib.import_module(os.environ.get("PLATFORM_APP", APP))
     app.register_configs()
     return app

@@ -7,6 +7,7 @@ working-directory change, no ``outputs/`` folder) and validation must list every
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from platform.validate import ConfigError, validate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = REPO_ROOT / "conf"
+CONF_DIR = Path(os.environ.get("PLATFORM_CONF_DIR", REPO_ROOT / "conf")).resolve()
 
 
 @dataclass
@@ -93,17 +94,22 @@ def compose_config(
     problems = check_override_keys(args, schema_cls, conf_dir)
     if problems:
         raise ConfigError(problems)
+    groups = _groups(conf_dir)
+    # A schema field that no YAML sets is still a valid override: `++` adds or overrides it.
+    hydra_args = [a if a.startswith(("+", "~")) or a.split("=", 1)[0] in groups or a.startswith("hydra")
+                  else "++" + a for a in args]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
-            raw = compose(config_name="config", overrides=args)
+            raw = compose(config_name="config", overrides=hydra_args)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError([str(exc).strip().splitlines()[0]]) from None
     finally:
         GlobalHydra.instance().clear()
     OmegaConf.resolve(raw)
     typed = validate(raw, schema_cls, rules)
-    return Composed(cfg=typed, raw=raw, overrides=args, print_cfg=print_cfg)
+    full = OmegaConf.create(to_dict(typed))  # every field, defaults included: what a run records
+    return Composed(cfg=typed, raw=full, overrides=args, print_cfg=print_cfg)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -35,13 +35,33 @@ def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if t.state in done and not t.user_attrs.get("interrupted")]
 
 
+def _tell(study: optuna.Study, trial: Any, values: Any = None, state: Any = None) -> None:
+    """study.tell that tolerates GridSampler's study.stop() (meant for study.optimize, not ask/tell).
+
+    Optuna stores the trial's state in a `finally` before that error propagates, so nothing is lost.
+    """
+    try:
+        study.tell(trial, values, state=state)
+    except RuntimeError as exc:
+        if "Study.stop" not in str(exc):
+            raise
+
+
 def recover_interrupted(study: optuna.Study) -> int:
     stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
     for t in stale:
         study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-        study.tell(t.number, state=TrialState.FAIL)
+        _tell(study, t.number, state=TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
     return len(stale)
+
+
+def _grid_left(study: optuna.Study, cfg: Any) -> int:
+    import math
+
+    size = math.prod(len(spec.choices or []) for spec in cfg.sweep.search_space.values())
+    visited = {tuple(sorted(t.params.items())) for t in _finished(study)}
+    return max(0, size - len(visited))
 
 
 def dry_run(composed: Composed) -> None:
@@ -94,22 +114,24 @@ def run_sweep(composed: Composed) -> optuna.Study:
         try:
             _, metrics = run_trial(spec, orch, report)
         except optuna.TrialPruned:
-            study.tell(trial, state=TrialState.PRUNED)
+            _tell(study, trial, state=TrialState.PRUNED)
         except Exception as exc:  # noqa: BLE001 - a failed trial must not stop the sweep
             trial.set_user_attr("error", "".join(traceback.format_exception_only(type(exc), exc)).strip()[-4000:])
-            study.tell(trial, state=TrialState.FAIL)
+            _tell(study, trial, state=TrialState.FAIL)
             print(f"[sweep] trial {trial.number} failed: {exc}", file=sys.stderr)
         else:
             missing = [m for m in objectives if m not in metrics]
             if missing:
                 trial.set_user_attr("error", f"objective metric(s) {missing} not produced; got {sorted(metrics)}")
-                study.tell(trial, state=TrialState.FAIL)
+                _tell(study, trial, state=TrialState.FAIL)
             else:
-                study.tell(trial, [metrics[m] for m in objectives])
+                _tell(study, trial, [metrics[m] for m in objectives])
         with _INGEST_LOCK:
             ingest_study(results, study, cfg.experiment.name, storage_label)
 
     target = cfg.sweep.n_trials
+    if cfg.sweep.sampler == "grid":  # a grid has a size: asking past it would repeat points
+        target = min(target, len(_finished(study)) + _grid_left(study, cfg))
     live = LiveView(study, progress, target, interval_s=cfg.sweep.live_interval_s, finished=_finished)
     live.start()
     try:

@@ -94,11 +94,10 @@ class Orchestrator:
         return job_ids
 
     def run_stage(self, stage: Stage, run: RunDir) -> dict[str, Any]:
-        cached = stage.is_complete(self.results)
         job_ids: list[str] = []
         with _key_lock(stage.key):
-            if not stage.is_complete(self.results):
-                cached = False
+            cached = stage.is_complete(self.results)
+            if not cached:
                 self.progress.set(run.run_id, stage.display)
                 if stage.num_shards > 1:
                     todo = [i for i in range(stage.num_shards)

@@ -36,6 +36,7 @@ def apply_params(raw: DictConfig, params: dict[str, Any], overrides: list[str], 
                  trial: Optional[int] = None) -> TrialSpec:
     app = load_app()
     raw = raw.copy()
+    OmegaConf.set_struct(raw, False)
     for key, value in params.items():
         OmegaConf.update(raw, key, value, merge=False)
     schema = type(app.schema_instance())

@@ -1,0 +1,171 @@
+"""Evaluation stage: greedy accuracy on held-out problems, held-out NLL, and ELBO_1/2/4 for latent models.
+
+Latent models write a thought first (formats.eval_prompt ends with SoL PRIOR_PREFIX), greedily, up to
+EoL or ``eval.max_thought_tokens``; then EoL and ``formats.answer_prefix()`` are appended (as ids)
+and the answer is generated greedily to EOS or ``eval.max_new_tokens``, cut at its first newline.
+Raw models get the question and the answer prefix directly. Every generation is one batched call.
+
+``run_harness`` runs lm-evaluation-harness (GSM8K / MATH) on a cluster; it is not installed here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from experiments.chunking import chunk_texts
+from experiments.corpus import Document, Problem
+from experiments.docstore import load_docs, load_problems
+from experiments.estep import checkpoint_num_params, chunk_metrics, infer_thoughts
+from experiments.formats import answer_prefix, encode_document, encode_parts, eval_prompt, joint_parts
+from experiments.grading import extract_answer, is_correct
+from experiments.samplers import Sampler, build_sampler
+from experiments.tokens import EOL
+
+ELBO_SAMPLES = 4  # K for held-out ELBO_1/2/4 (PAPER.md "Baselines and evaluation")
+
+
+def greedy_answers(
+    sampler: Sampler, problems: Sequence[Problem], latent: bool, max_thought_tokens: int, max_new_tokens: int
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """One prediction row per problem (question, gold, thought, answer, pred, correct) and token counts."""
+    tok = sampler.tokenizer
+    prompts = [tok(eval_prompt(p.question, latent))["input_ids"] for p in problems]
+    tokens_in, tokens_out = sum(map(len, prompts)), 0
+    thoughts: list[Optional[str]] = [None] * len(problems)
+    thought_lens = [0] * len(problems)
+    answer_ids = tok.encode(answer_prefix(), add_special_tokens=False)
+    if latent:
+        eol = tok.encode(EOL, add_special_tokens=False)
+        outs = [o[0] for o in sampler.sample(prompts, 1, max_thought_tokens, temperature=0.0, stop_token_id=eol[0])]
+        thoughts = [o.text for o in outs]
+        thought_lens = [len(o.token_ids) for o in outs]
+        tokens_out += sum(len(o.token_ids) + o.finished for o in outs)
+        # the stop token is not in the sample: append EoL ourselves, whether or not the cap cut the thought
+        answer_prompts = [p + o.token_ids + eol + answer_ids for p, o in zip(prompts, outs)]
+    else:
+        answer_prompts = [p + answer_ids for p in prompts]
+    tokens_in += sum(map(len, answer_prompts))
+    answers = [o[0] for o in sampler.sample(answer_prompts, 1, max_new_tokens, temperature=0.0, stop_token_id=tok.eos_token_id)]
+    tokens_out += sum(len(o.token_ids) + o.finished for o in answers)
+    rows = []
+    for p, z, n_z, a in zip(problems, thoughts, thought_lens, answers):
+        text = a.text.split("\n", 1)[0]  # the answer sentence; what follows is the model going on
+        pred = extract_answer(answer_prefix() + text)
+        rows.append({"question": p.question, "gold": p.answer, "family": p.family, "thought": z,
+                     "thought_tokens": n_z, "answer": text, "pred": pred, "correct": is_correct(pred, p.answer)})
+    return rows, {"tokens_in": tokens_in, "tokens_out": tokens_out}
+
+
+def heldout_nll(sampler: Sampler, docs: Sequence[Document]) -> tuple[float, int]:
+    """Mean negative log-likelihood per token of BOS + text + EOS (BOS itself is not predicted)."""
+    seqs = [encode_document(sampler.tokenizer, d.text) for d in docs]
+    if not seqs:
+        return float("nan"), 0
+    logp = sampler.score([s[:1] for s in seqs], [s[1:] for s in seqs])
+    n = sum(len(s) - 1 for s in seqs)
+    return -float(sum(logp)) / n, n
+
+
+def chunk_logp_mean(sampler: Sampler, docs: Sequence[Document], context_chunks: int, poisson_mean: float,
+                    max_sentences: int) -> tuple[float, int]:
+    """Mean over chunks of log p(X_i | previous raw chunks): what ELBO_n bounds from below for a latent
+    model, and the same chunk-level number for a raw model, so both kinds compare on one axis."""
+    prefixes, conts = [], []
+    for d in docs:
+        chunks = chunk_texts(d, poisson_mean, max_sentences)
+        for i, c in enumerate(chunks):
+            prefix, pieces = encode_parts(sampler.tokenizer, *joint_parts(chunks[:i], "", c, context_chunks))
+            prefixes.append(prefix)
+            conts.append(pieces[-1])
+    if not conts:
+        return float("nan"), 0
+    return float(np.mean(sampler.score(prefixes, conts))), sum(len(p) + len(c) for p, c in zip(prefixes, conts))
+
+
+def run_eval(ctx) -> dict[str, Any]:
+    """Stage entry: accuracy, NLL, chunk log p and (latent models) ELBO_1/2/4; eval_predictions.jsonl."""
+    cfg = ctx.config
+    ev, data, latent = cfg["eval"], cfg.get("data", {}), bool(cfg.get("latent", False))
+    iteration = int(next((v for v in (cfg.get("iteration"), ctx.iteration) if v is not None), 0))
+    data_dir, model_dir = Path(ctx.inputs["data"]), Path(ctx.inputs["model"]) / "model"
+    out = Path(ctx.out_dir)
+    problems = load_problems(data_dir / "eval_problems.jsonl")
+    if ev.get("num_problems") is not None:
+        problems = problems[: int(ev["num_problems"])]
+    docs = load_docs(data_dir / "eval_docs.jsonl")
+    poisson, max_sent = float(data.get("chunk_poisson_mean", 7.0)), int(data.get("chunk_max_sentences", 20))
+    sampler = build_sampler(cfg.get("sampler", {}), model_dir)
+
+    rows, counts = greedy_answers(sampler, problems, latent, int(ev["max_thought_tokens"]), int(ev["max_new_tokens"]))
+    with open(out / "eval_predictions.jsonl", "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    metrics: dict[str, float] = {"accuracy": float(np.mean([r["correct"] for r in rows])) if rows else float("nan")}
+    metrics["num_problems"] = float(len(rows))
+    if latent and rows:
+        metrics["thought_tokens_mean"] = float(np.mean([r["thought_tokens"] for r in rows]))
+    nll, n_tok = heldout_nll(sampler, docs)
+    metrics["nll"] = nll
+    counts["tokens_in"] += n_tok + len(docs)
+    elbo_docs = docs[: int(ev.get("elbo_docs", 64))]
+    metrics["chunk_logp_mean"], scored = chunk_logp_mean(sampler, elbo_docs, 3, poisson, max_sent)
+    counts["tokens_in"] += scored
+    if latent and elbo_docs:
+        samples, _, c = infer_thoughts(
+            sampler, elbo_docs, num_samples=ELBO_SAMPLES, max_thought_tokens=int(ev["max_thought_tokens"]),
+            temperature=1.0, context_chunks=3, poisson_mean=poisson, max_sentences=max_sent, seed=ctx.seed,
+            iteration=iteration,
+        )
+        import pandas as pd
+
+        em = chunk_metrics(pd.DataFrame(samples))
+        metrics.update({k: em[k] for k in ("elbo_1", "elbo_2", "elbo_4") if k in em})
+        metrics["elbo_ess"] = em["ess"]
+        counts["tokens_in"] += c["tokens_in"]
+        counts["tokens_out"] += c["tokens_out"]
+
+    harness = list(ev.get("harness_tasks") or [])
+    if harness:
+        results = run_harness(model_dir, harness, out, backend=cfg.get("sampler", {}).get("backend", "hf"))
+        for task, vals in results.items():
+            for name, v in vals.items():
+                if isinstance(v, (int, float)):
+                    metrics[f"harness/{task}/{name}"] = float(v)
+    ctx.write_metrics([{"name": k, "step": 0, "value": v} for k, v in metrics.items()])
+    n_params = checkpoint_num_params(model_dir)
+    return {**counts, "flops": 2.0 * n_params * (counts["tokens_in"] + counts["tokens_out"]), **metrics}
+
+
+def run_harness(model_dir: str | Path, tasks: Sequence[str], out_dir: str | Path, backend: str = "vllm",
+                num_fewshot: Optional[int] = None, limit: Optional[int] = None) -> dict[str, dict[str, Any]]:
+    """lm-evaluation-harness ``simple_evaluate`` (greedy, the tasks' own few-shot CoT prompts).
+
+    Writes ``harness_results.json`` into ``out_dir``; returns ``results["results"]`` (task -> metrics).
+    Latent models are scored with the tasks' plain prompts here; prompting them with SoL PRIOR_PREFIX
+    first needs a custom task template.
+    """
+    try:
+        import lm_eval
+    except ImportError as e:
+        raise RuntimeError(
+            "eval.harness_tasks needs lm-evaluation-harness, which is not installed: "
+            "`pip install 'lm_eval[vllm]'` (or 'lm_eval[hf]') on the cluster. Its tasks (GSM8K, MATH) download "
+            "their datasets from the Hugging Face Hub, so the node also needs network access or a filled "
+            "HF_DATASETS_CACHE; leave eval.harness_tasks empty for the embedded, offline world."
+        ) from e
+    if backend not in ("vllm", "hf"):
+        raise ValueError(f"harness backend {backend!r} must be 'vllm' or 'hf'")
+    if not tasks:
+        raise ValueError("run_harness: no tasks given (eval.harness_tasks is empty)")
+    results = lm_eval.simple_evaluate(
+        model=backend, model_args=f"pretrained={model_dir},dtype=auto", tasks=list(tasks), num_fewshot=num_fewshot,
+        limit=limit, batch_size="auto", gen_kwargs="temperature=0",
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "harness_results.json").write_text(json.dumps(results.get("results", {}), indent=1, default=str))
+    return results.get("results", {})

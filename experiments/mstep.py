@@ -1,0 +1,317 @@
+"""The M-step: train a causal LM on packed windows of thought-augmented (or raw) text.
+
+A plain torch loop, nanoGPT style: AdamW, gradient clipping, linear warmup then cosine decay to
+10% of the peak lr (LR_FLOOR; TinyLlama-style schedules stop at a floor rather than at 0), global
+batch of ``mstep.batch_size`` windows split over ranks (experiments/distributed.py) and over
+micro-batches (optional ``mstep.micro_batch_size``). Loss: next-token cross-entropy on every non-pad
+token, normalised by the global batch's token count, so the loss and the gradients do not depend on
+how the batch is split (PAPER.md: no thought mask).
+
+Data order: an endless stream of epochs, each a permutation of the windows seeded by (seed, epoch);
+step s takes stream positions [(s-1)*B, s*B). The position is a function of the step alone, so a
+resumed run sees exactly the windows an uninterrupted run would.
+
+Outputs in ``ctx.out_dir``: ``model/`` (HF checkpoint with tokenizer), ``checkpoints/step_NNNNNN/``
+(``model/`` + ``trainer.pt`` with optimizer, scheduler, RNG, step; the latest KEEP_CHECKPOINTS kept),
+``metrics.jsonl``. A rerun resumes from the latest checkpoint.
+
+Preemption: call :func:`request_checkpoint` (it is a valid signal handler) and the loop writes a
+checkpoint after the current step and raises :class:`Preempted`; requeue and rerun to resume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import threading
+import time
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from transformers import AutoTokenizer
+
+from experiments import compute, distributed
+from experiments.modeling import count_params, load_model, save_model
+
+LR_FLOOR = 0.1  # cosine ends at 10% of the peak lr
+KEEP_CHECKPOINTS = 2
+IGNORE = -100
+
+_checkpoint_requested = threading.Event()
+
+
+class Preempted(RuntimeError):
+    """Training stopped on request after writing a checkpoint; rerun the stage to resume."""
+
+
+class _Stopped(RuntimeError):
+    """Raised by ``stop_after_step`` (tests): a crash with no checkpoint of its own."""
+
+
+def request_checkpoint(signum: Any = None, frame: Any = None) -> None:
+    """Ask the running loop to checkpoint after the current step and exit (signal-handler safe)."""
+    _checkpoint_requested.set()
+
+
+def latest_checkpoint(out_dir: str | Path) -> Optional[Path]:
+    """The complete checkpoint with the highest step under ``out_dir/checkpoints``, or None."""
+    done = [p for p in (Path(out_dir) / "checkpoints").glob("step_*") if (p / "trainer.pt").exists()]
+    done = [p for p in done if p.name[5:].isdigit()]  # skips "step_000200.tmp" left by a crash
+    return max(done, key=lambda p: int(p.name[5:]), default=None)
+
+
+def lr_multiplier(step: int, warmup: int, total: int, floor: float = LR_FLOOR) -> float:
+    """Factor on the peak lr for 0-based optimizer step ``step``: linear warmup, cosine to ``floor``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def total_steps(mcfg: dict[str, Any], n_windows: int, window: int) -> int:
+    """ceil(train_tokens / (B * window)) with a token budget, else ceil(epochs * N / B)."""
+    batch = int(mcfg["batch_size"])
+    if mcfg.get("train_tokens") is not None:
+        return max(1, math.ceil(int(mcfg["train_tokens"]) / (batch * window)))
+    return max(1, math.ceil(float(mcfg["epochs"]) * n_windows / batch))
+
+
+def batch_indices(step: int, batch_size: int, n_windows: int, seed: int) -> np.ndarray:
+    """Global window indices of 1-based ``step`` in the seeded, per-epoch reshuffled stream."""
+    positions = np.arange((step - 1) * batch_size, step * batch_size)
+    epochs = positions // n_windows
+    out = np.empty(batch_size, dtype=np.int64)
+    for epoch in np.unique(epochs):
+        perm = np.random.default_rng([seed, int(epoch)]).permutation(n_windows)
+        sel = epochs == epoch
+        out[sel] = perm[positions[sel] % n_windows]
+    return out
+
+
+def load_windows(folder: str | Path) -> tuple[np.ndarray, int]:
+    folder = Path(folder)
+    path, meta_path = folder / "windows.npy", folder / "meta.json"
+    for p in (path, meta_path):
+        if not p.exists():
+            raise FileNotFoundError(f"M-step input {p} is missing")
+    windows = np.load(path, mmap_mode="r")  # a cluster corpus is tens of GB: read batches on demand
+    if windows.ndim != 2 or windows.shape[0] == 0 or not np.issubdtype(windows.dtype, np.integer):
+        raise ValueError(f"{path}: expected a non-empty 2-D integer array, got {windows.dtype} {windows.shape}")
+    meta = json.loads(meta_path.read_text())
+    if "pad_id" not in meta:
+        raise ValueError(f"{meta_path}: no 'pad_id'")
+    return windows, int(meta["pad_id"])
+
+
+def _validate(mcfg: dict[str, Any]) -> None:
+    checks = {
+        "lr": float(mcfg["lr"]) > 0,
+        "batch_size": int(mcfg["batch_size"]) >= 1,
+        "warmup_steps": int(mcfg["warmup_steps"]) >= 0,
+        "grad_clip": float(mcfg["grad_clip"]) > 0,
+        "checkpoint_every": int(mcfg["checkpoint_every"]) >= 1,
+        "log_every": int(mcfg["log_every"]) >= 1,
+        "epochs": mcfg.get("train_tokens") is not None or float(mcfg["epochs"]) > 0,
+        "train_tokens": mcfg.get("train_tokens") is None or int(mcfg["train_tokens"]) > 0,
+        "micro_batch_size": mcfg.get("micro_batch_size") is None or int(mcfg["micro_batch_size"]) >= 1,
+    }
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        raise ValueError("invalid M-step config: " + ", ".join(f"mstep.{k}={mcfg.get(k)!r}" for k in bad))
+
+
+def _save_checkpoint(out_dir: Path, step: int, model, tok, opt, sched, state: dict[str, Any]) -> None:
+    root = out_dir / "checkpoints"
+    final = root / f"step_{step:06d}"
+    tmp = root / f"step_{step:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tok, tmp / "model")  # float32 master weights: resume is exact
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save({**state, "step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng},
+               tmp / "trainer.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)  # trainer.pt inside makes it count; the rename makes it appear at once
+    for old in sorted((p for p in root.glob("step_*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))[
+        :-KEEP_CHECKPOINTS
+    ]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _truncate_metrics(out_dir: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint we resume from (and any final row): they will be logged again."""
+    path = out_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip()]
+    keep = [line for line in rows if (r := json.loads(line)).get("step", 0) <= step and r.get("name") != "train_loss"]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    tmp.replace(path)
+
+
+def _accumulate_gradients(ddp_model, local: torch.Tensor, micro: int, pad_id: int, global_count: int,
+                          env: distributed.DistEnv, autocast_dtype: Optional[torch.dtype]) -> float:
+    """Backward over this rank's windows in micro-batches; returns this rank's summed token loss."""
+    loss_sum = 0.0
+    chunks = torch.split(local, micro)
+    for i, x in enumerate(chunks):
+        x = x.to(env.device)
+        labels = x.masked_fill(x == pad_id, IGNORE)
+        mask = x != pad_id
+        # packed windows pad only at the tail; without pads the causal fast path needs no mask
+        kwargs = {} if bool(mask.all()) else {"attention_mask": mask.long()}
+        last = i == len(chunks) - 1
+        no_sync = ddp_model.no_sync() if env.enabled and not last else nullcontext()
+        with no_sync, torch.autocast(env.device.type, dtype=autocast_dtype or torch.float32,
+                                     enabled=autocast_dtype is not None):
+            logits = ddp_model(input_ids=x, **kwargs).logits.float()
+            part = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                   ignore_index=IGNORE, reduction="sum")
+            # DDP averages gradients over ranks, hence * world_size: the mean is over the global batch
+            (part * env.world_size / max(global_count, 1)).backward()
+        loss_sum += part.item()
+    return loss_sum
+
+
+def train(
+    ctx,
+    *,
+    stop_after_step: Optional[int] = None,
+    on_step: Optional[Callable[[int, float], None]] = None,
+) -> dict[str, Any]:
+    """Run (or resume) the M-step of ``ctx``; ``stop_after_step`` simulates a crash (tests)."""
+    mcfg = ctx.config["mstep"]
+    _validate(mcfg)
+    if mcfg.get("num_threads"):
+        torch.set_num_threads(int(mcfg["num_threads"]))
+    _checkpoint_requested.clear()
+    env = distributed.init_distributed()
+    try:
+        return _train(ctx, env, stop_after_step, on_step)
+    finally:
+        distributed.shutdown(env)
+
+
+def _train(ctx, env: distributed.DistEnv, stop_after_step: Optional[int],
+           on_step: Optional[Callable[[int, float], None]]) -> dict[str, Any]:
+    mcfg, model_cfg = ctx.config["mstep"], ctx.config.get("model", {})
+    seed = int(ctx.config.get("seed", ctx.seed))
+    out_dir = Path(ctx.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    windows, pad_id = load_windows(ctx.inputs["train"])
+    n_windows, window = windows.shape
+    batch = int(mcfg["batch_size"])
+    steps = total_steps(mcfg, n_windows, window)
+
+    resume = latest_checkpoint(out_dir)
+    model_dir = (resume or Path(ctx.inputs["init"])) / "model"
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = load_model(model_dir, "float32").to(env.device)
+    model.train()
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if windows.max() >= vocab or windows.min() < 0:
+        raise ValueError(f"{ctx.inputs['train']}/windows.npy holds token ids outside [0, {vocab}) of {model_dir}")
+    n_params = count_params(model)
+    autocast_dtype = torch.bfloat16 if model_cfg.get("dtype", "float32") == "bfloat16" else None
+
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=float(mcfg["lr"]), betas=tuple(mcfg["betas"]),
+                            weight_decay=float(mcfg["weight_decay"]))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, partial(lr_multiplier, warmup=int(mcfg["warmup_steps"]), total=steps))
+    state = {"tokens_seen": 0, "last_loss": float("nan")}
+    start = 0
+    if resume is not None:
+        saved = torch.load(resume / "trainer.pt", map_location="cpu", weights_only=True)
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        if "cuda" in saved["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+        start = saved["step"]
+        state = {"tokens_seen": saved["tokens_seen"], "last_loss": saved["last_loss"]}
+        if env.is_main:
+            _truncate_metrics(out_dir, start)
+    ddp_model = distributed.wrap_model(model, env)
+    micro = int(mcfg.get("micro_batch_size") or max(1, batch // env.world_size))
+
+    peak = compute.peak_flops_for(env.device, autocast_dtype or torch.float32)
+    run_tokens, run_time, log_tokens, log_t0 = 0, 0.0, 0, time.perf_counter()
+    for step in range(start + 1, steps + 1):
+        t0 = time.perf_counter()
+        idx = batch_indices(step, batch, n_windows, seed)
+        # predicted tokens (position 0 of a window is context only); every rank knows the global batch
+        global_batch = torch.from_numpy(np.asarray(windows[idx], dtype=np.int64))
+        global_count = int((global_batch[:, 1:] != pad_id).sum())
+        local = global_batch[distributed.shard_for_rank(np.arange(batch), env)]
+        loss_sum = _accumulate_gradients(ddp_model, local, micro, pad_id, global_count, env, autocast_dtype)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float(mcfg["grad_clip"])))
+        lr = opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        loss = distributed.all_reduce_sum(loss_sum, env) / max(global_count, 1)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"M-step loss is {loss} at step {step} (lr {lr:.3g}); stage {ctx.key} failed")
+        if env.device.type == "cuda":
+            torch.cuda.synchronize(env.device)
+        run_time += time.perf_counter() - t0
+        run_tokens += global_count
+        log_tokens += global_count
+        state["tokens_seen"] += global_count
+        state["last_loss"] = loss
+        if env.is_main and (step % int(mcfg["log_every"]) == 0 or step == steps):
+            now = time.perf_counter()
+            tps = log_tokens / max(now - log_t0, 1e-9)
+            ctx.write_metrics([{"name": n, "step": step, "value": v} for n, v in (
+                ("loss", loss), ("lr", lr), ("grad_norm", grad_norm), ("tokens_per_s", tps),
+                ("tokens_seen", state["tokens_seen"]))])
+            log_tokens, log_t0 = 0, now
+        if on_step is not None:
+            on_step(step, loss)
+        preempt = distributed.all_reduce_sum(float(_checkpoint_requested.is_set()), env) > 0
+        if step % int(mcfg["checkpoint_every"]) == 0 or preempt:
+            if env.is_main:
+                _save_checkpoint(out_dir, step, model, tok, opt, sched, {**state, "data_position": step * batch})
+            distributed.barrier(env)
+            log_t0 = time.perf_counter()  # saving time is not training time
+        if preempt and step < steps:
+            raise Preempted(f"checkpoint written at step {step} of {steps} on request; rerun to resume")
+        if stop_after_step is not None and step >= stop_after_step:
+            raise _Stopped(f"stopped after step {step} (stop_after_step)")
+
+    if env.is_main:
+        if autocast_dtype is not None:
+            model.to(autocast_dtype)  # the final checkpoint in the run's dtype (vLLM serves bf16)
+        save_model(model, tok, out_dir / "model")
+        ctx.write_metrics([{"name": "train_loss", "step": steps, "value": state["last_loss"]}])
+    distributed.barrier(env)
+    tokens_per_s = run_tokens / run_time if run_time > 0 else 0.0
+    flops_per_s = compute.train_flops(n_params, tokens_per_s)
+    return {
+        "tokens_in": state["tokens_seen"],
+        "tokens_out": 0,
+        "flops": compute.train_flops(n_params, state["tokens_seen"]),
+        "steps": steps,
+        "final_loss": state["last_loss"],
+        "tokens_per_s": tokens_per_s,
+        "mfu": compute.mfu(flops_per_s / env.world_size, peak),
+        "n_params": n_params,
+        "world_size": env.world_size,
+        "resumed_from_step": start,
+    }
+
+
+def run_mstep(ctx) -> dict[str, Any]:
+    """Stage entry point (platform/stage.py contract)."""
+    return train(ctx)

@@ -1,0 +1,96 @@
+"""The sampler interface shared by the ``hf`` and ``vllm`` backends.
+
+Everything is in token ids, not strings: the E-step's log q is over the ids that were sampled, and
+log p must score exactly those ids, so callers build scoring sequences by concatenating separately
+tokenized parts with the sampled ids (re-tokenizing decoded text could merge or split tokens).
+
+Conventions every backend follows:
+- ``temperature == 0`` is greedy decoding; otherwise plain ancestral sampling at that temperature
+  (no top-k / top-p: they distort log q).
+- ``SampleOut.logprobs`` are log-probabilities under the model's temperature-1 softmax (vLLM's
+  default "raw" logprobs). At temperature 1 that is exactly log q; at other temperatures it is the
+  model's own density of the sampled ids, not the tempered proposal's.
+- The stop token ends a sequence and is NOT part of ``token_ids`` / ``logprobs`` / ``text``;
+  ``finished`` says the stop token was produced (False: cut at ``max_tokens``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Protocol, runtime_checkable
+
+BACKENDS = ("hf", "vllm")
+
+
+@dataclass
+class SampleOut:
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    finished: bool
+
+    @property
+    def logprob_sum(self) -> float:
+        return float(sum(self.logprobs))
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    tokenizer: Any
+
+    def sample(
+        self,
+        prompts_ids: list[list[int]],
+        n: int,
+        max_tokens: int,
+        temperature: float = 1.0,
+        stop_token_id: Optional[int] = None,
+        seed: int = 0,
+    ) -> list[list[SampleOut]]:
+        """``n`` samples per prompt: result[i][j] is sample j of prompt i."""
+        ...
+
+    def score(self, prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> list[float]:
+        """Sum of log p(cont token | prefix + earlier cont tokens), per pair."""
+        ...
+
+    def score_tokens(self, prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> list[list[float]]:
+        """Per-token log p of each continuation token (the terms ``score`` sums)."""
+        ...
+
+
+def check_sample_args(prompts_ids: list[list[int]], n: int, max_tokens: int, temperature: float) -> None:
+    """Argument checks shared by the backends: one clear error instead of a shape error deep inside."""
+    if n < 1:
+        raise ValueError(f"n (samples per prompt) must be >= 1, got {n}")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    for i, p in enumerate(prompts_ids):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty: every prompt needs at least one token (BOS)")
+
+
+def check_score_args(prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> None:
+    if len(prefix_ids) != len(cont_ids):
+        raise ValueError(f"score: {len(prefix_ids)} prefixes but {len(cont_ids)} continuations")
+    for i, p in enumerate(prefix_ids):
+        if len(p) == 0:
+            raise ValueError(f"score: prefix {i} is empty; the first continuation token needs a context (BOS)")
+
+
+def build_sampler(sampler_cfg: dict[str, Any], model_dir: str | Path) -> Sampler:
+    """The sampler named by ``sampler.backend`` over the checkpoint in ``model_dir``."""
+    backend = sampler_cfg.get("backend", "hf")
+    if backend == "hf":
+        from experiments.samplers.hf import HFSampler
+
+        return HFSampler.from_pretrained(model_dir, sampler_cfg)
+    if backend == "vllm":
+        # imported lazily: vllm is a heavy, optional install (make setup-vllm / the gpu extra)
+        from experiments.samplers.vllm import VLLMSampler
+
+        return VLLMSampler.from_pretrained(model_dir, sampler_cfg)
+    raise ValueError(f"sampler.backend={backend!r} is not one of {list(BACKENDS)}")

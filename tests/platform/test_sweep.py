@@ -1,0 +1,106 @@
+"""The sweep driver on a science-free toy app: concurrency, failures, pruning, resume, DuckDB."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tests.platform.conftest import ROOT, TOY_ENV, run_cli
+
+
+def _q(results: Path, sql: str):
+    con = duckdb.connect(str(results / "platform.duckdb"), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def _calls(results: Path) -> list[dict]:
+    return [json.loads(x) for x in (results / "calls.log").read_text().splitlines()]
+
+
+def test_sweep_records_trials_runs_and_metrics(tmp_path):
+    res = tmp_path / "r"
+    out = run_cli("platform.sweep", f"paths.results={res}", env=TOY_ENV, check=True)
+    assert "4/4 finished" in out.stderr
+    assert _q(res, "select count(*), count(distinct run_id) from trials where state='COMPLETE'") == [(4, 4)]
+    assert _q(res, "select count(*) from iterations") == [(8,)]
+    # shared prefix: `prepare` has the same key in every trial, so it ran once
+    assert sum(c["stage"] == "prepare" for c in _calls(res)) == 1
+    assert _q(res, "select count(*) from stages where stage='prepare' and cached") == [(3,)]
+    run_dir = Path(_q(res, "select run_dir from runs limit 1")[0][0])
+    for name in ("run.json", "config.yaml", "overrides.yaml", "git.json", "stages.jsonl"):
+        assert (run_dir / name).exists(), name
+
+
+def test_rerun_of_a_finished_sweep_adds_nothing_and_recomputes_nothing(tmp_path):
+    res = tmp_path / "r"
+    run_cli("platform.sweep", f"paths.results={res}", env=TOY_ENV, check=True)
+    before = len(_calls(res))
+    counts = _q(res, "select (select count(*) from trials), (select count(*) from metrics), (select count(*) from stages)")
+    run_cli("platform.sweep", f"paths.results={res}", env=TOY_ENV, check=True)
+    assert len(_calls(res)) == before
+    assert _q(res, "select (select count(*) from trials), (select count(*) from metrics), (select count(*) from stages)") == counts
+
+
+def test_failing_and_nan_trials_are_fail_with_their_error_and_the_sweep_goes_on(tmp_path):
+    res = tmp_path / "r"
+    out = run_cli("platform.sweep", f"paths.results={res}", "work.fail_at=1", "sweep.n_trials=2", env=TOY_ENV)
+    assert out.returncode == 0, out.stderr
+    rows = _q(res, "select state, error from trials order by number")
+    assert [r[0] for r in rows] == ["FAIL", "FAIL"]
+    assert all("toy failure at iteration 1" in r[1] for r in rows)
+    assert _q(res, "select distinct status from runs") == [("failed",)]
+    # iteration 0 finished before the failure and its metrics are kept
+    assert _q(res, "select count(*) from iterations where iteration = 0") == [(2,)]
+    out = run_cli("platform.sweep", f"paths.results={tmp_path}/n", "work.nan_at=0", "sweep.n_trials=1", env=TOY_ENV)
+    assert "NaN" in _q(tmp_path / "n", "select error from trials")[0][0]
+
+
+def test_median_pruner_prunes_and_records_pruned(tmp_path):
+    res = tmp_path / "r"
+    args = [f"paths.results={res}", "sweep.pruner=median", "sweep.n_trials=6", "sweep.parallel=1", "work.iterations=3",
+            "sweep.sampler=grid", "sweep.search_space={work.x: {type: categorical, choices: [0.3, 0.35, 0.9, 0.95, 1.0, 0.99]}}"]
+    out = run_cli("platform.sweep", *args, env=TOY_ENV)
+    assert out.returncode == 0, out.stderr
+    states = [r[0] for r in _q(res, "select state from trials order by number")]
+    assert states[:2] == ["COMPLETE", "COMPLETE"] and "PRUNED" in states, states
+    assert ("pruned",) in _q(res, "select distinct status from runs")
+
+
+def test_kill_9_mid_trial_then_rerun_recomputes_nothing_and_duplicates_no_row(tmp_path):
+    res = tmp_path / "r"
+    args = [f"paths.results={res}", "work.sleep_s=0.4", "sweep.n_trials=2", "sweep.parallel=2"]
+    env = {**os.environ, **TOY_ENV, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "platform.sweep", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:  # wait until some training stage has finished, mid-trial
+        calls = _calls(res) if (res / "calls.log").exists() else []
+        if sum(c["stage"] == "score" for c in calls) >= 1:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    completed = {m.parent.name: m.stat().st_mtime for m in res.glob("artifacts/*/*/_COMPLETE.json")}
+    assert completed, "the driver was killed before any stage finished"
+    out = run_cli("platform.sweep", *args, env=TOY_ENV, check=True)
+    assert "interrupted by an earlier driver" in out.stdout + out.stderr
+    for key, mtime in completed.items():  # no finished stage ran again
+        marker = next(res.glob(f"artifacts/*/{key}/_COMPLETE.json"))
+        assert marker.stat().st_mtime == mtime
+    ran = [c["key"] for c in _calls(res)]
+    twice = {k for k in ran if ran.count(k) > 1}
+    assert not twice & set(completed), "a finished stage ran again"  # only the interrupted one may rerun
+    # no duplicated rows: every (run, stage, iteration) once, every metric once
+    assert _q(res, "select count(*) from (select run_id, cache_key, count(*) n from stages group by all having n > 1)") == [(0,)]
+    assert _q(res, "select count(*) from (select run_id, stage, iteration, name, step, count(*) n from metrics group by all having n > 1)") == [(0,)]
+    assert _q(res, "select count(*) from trials where state = 'COMPLETE'") == [(2,)]
+    assert _q(res, "select count(*) from runs where status = 'completed'") == [(2,)]
