@@ -82,6 +82,7 @@ class EStepConfig:
     top_p: float = 1.0  # anything else distorts log q; validated
     context_chunks: int = 3  # previous raw chunks in the prompt
     num_shards: int = 2
+    group_docs: int = 8  # documents per resumable cache group inside a shard
 
 
 @dataclass
@@ -93,6 +94,7 @@ class MStepConfig:
     grad_clip: float = 1.0
     warmup_steps: int = 1000
     batch_size: int = 64  # windows per step (global)
+    micro_batch_size: Optional[int] = None  # windows per forward/backward per rank; None: the whole batch
     epochs: float = 1.0  # passes over the training set; ignored when train_tokens is set
     train_tokens: Optional[int] = None  # fixed token budget (raw-token/FLOP-match baselines)
     checkpoint_every: int = 200  # steps

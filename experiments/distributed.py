@@ -9,7 +9,7 @@
 
 NCCL on GPU, gloo on CPU. Only rank 0 writes checkpoints and metrics; every rank reads checkpoints.
 
-Launch by hand on one node:  torchrun --nproc-per-node 8 -m platform.run <stage args>
+On one node, torchrun sets the variables: ``torchrun --nproc-per-node 8 <script running the stage>``.
 """
 
 from __future__ import annotations

