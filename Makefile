@@ -7,9 +7,9 @@ export PYTHONUNBUFFERED = 1
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
 	.venv/bin/pip install --upgrade pip
-	# CPU build of torch where there is no GPU (never the multi-GB CUDA build on a laptop/CI box)
-	if command -v nvidia-smi >/dev/null 2>&1; then .venv/bin/pip install torch==2.13.0; \
-	else .venv/bin/pip install torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu; fi
+	# torch first and pinned: on these machines 2.13.0 is the CPU wheel on disk; an unpinned torch
+	# (or one pulled in by another package) would be a multi-GB CUDA build.
+	.venv/bin/pip install torch==2.13.0
 	.venv/bin/pip install -e '.[dev]'
 	touch $@
 
@@ -21,8 +21,10 @@ setup-vllm:
 sweep: setup
 	$(PY) -m platform.sweep experiment=em_compute
 
+# pytest's exit code 5 (no test collected) is a failure, not a pass.
 test: setup
-	$(PY) -m pytest -q -x tests
+	$(PY) -m pytest -q -rs tests $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 
 dashboard: setup
 	$(PY) -m streamlit run dashboard/app.py --server.address 127.0.0.1

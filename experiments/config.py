@@ -114,6 +114,8 @@ class EvalConfig:
 @dataclass
 class EMConfig:
     iterations: int = 3
+    warm_start_epochs: Optional[float] = None  # M-step 0 (teacher thoughts); None: mstep.epochs
+    epochs: Optional[float] = None  # M-steps of iterations >= 1; None: mstep.epochs
 
 
 @dataclass

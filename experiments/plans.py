@@ -60,9 +60,12 @@ def _train_set(cfg: Any, prepare: Stage, init: Stage, thoughts: dict[str, Stage]
                  {"data": prepare, "init": init, **thoughts}, iteration=it, seed=cfg.seed)
 
 
-def _mstep(cfg: Any, train: Stage, init: Stage, it: Any = None) -> Stage:
+def _mstep(cfg: Any, train: Stage, init: Stage, it: Any = None, epochs: Any = None) -> Stage:
+    mstep = to_dict(cfg.mstep)
+    if epochs is not None:
+        mstep["epochs"] = epochs
     return Stage("mstep", "experiments.mstep:run_mstep",
-                 {"mstep": to_dict(cfg.mstep), "model": to_dict(cfg.model), "seed": cfg.seed},
+                 {"mstep": mstep, "model": to_dict(cfg.model), "seed": cfg.seed},
                  {"train": train, "init": init}, iteration=it, profile="mstep", seed=cfg.seed)
 
 
@@ -115,13 +118,13 @@ def bootstrap_plan(cfg: Any) -> Plan:
     init = _init(cfg, prepare)
     warm_thoughts = _teacher(cfg, prepare, init, "warm")
     train = _train_set(cfg, prepare, init, {"thoughts_0": warm_thoughts}, "with_thoughts", it=0)
-    model = _mstep(cfg, train, init, it=0)  # the warm start
+    model = _mstep(cfg, train, init, it=0, epochs=cfg.em.warm_start_epochs)  # the warm start
     evals = [_eval(cfg, model, prepare, latent=True, it=0)]
     for it in range(1, cfg.em.iterations + 1):
         estep = _estep(cfg, model, prepare, it)
         train = _train_set(cfg, prepare, init, {"thoughts_0": warm_thoughts, "thoughts_1": estep}, "with_thoughts", it)
         start = init if cfg.mstep.init == "base" else model
-        model = _mstep(cfg, train, start, it=it)
+        model = _mstep(cfg, train, start, it=it, epochs=cfg.em.epochs)
         evals.append(_eval(cfg, model, prepare, latent=True, it=it))
     return Plan("bootstrap", toposort(evals), evals)
 

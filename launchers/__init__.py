@@ -1,0 +1,27 @@
+"""Launchers: turn stages into submitit jobs (debug, local, SLURM). Only the orchestrator calls them.
+
+A job process imports this package first, when it unpickles its ``StageJob``; by then submitit has
+already imported the stdlib ``platform``, so we swap in the repository's package before anything
+below imports ``platform.config`` / ``platform.stage``.
+"""
+
+from launchers.jobs import ensure_repo_platform as _ensure_repo_platform
+
+_ensure_repo_platform()
+
+from launchers.dispatch import StageJobError, attach_jobs, cancel_jobs, job_state, submit_stage, wait_jobs  # noqa: E402
+from launchers.executors import build_executor, validate_launcher  # noqa: E402
+from launchers.jobs import StageJob, register_checkpoint_hook  # noqa: E402
+
+__all__ = [
+    "StageJob",
+    "StageJobError",
+    "attach_jobs",
+    "build_executor",
+    "cancel_jobs",
+    "job_state",
+    "register_checkpoint_hook",
+    "submit_stage",
+    "validate_launcher",
+    "wait_jobs",
+]

@@ -115,6 +115,14 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _job_id() -> str:
+    """The id sacct and submitit use: ``<array>_<task>`` for array elements."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID") or env.get("SUBMITIT_JOB_ID") or str(os.getpid())
+
+
 def _run_fn(fn_path: str, ctx: StageContext) -> dict[str, Any]:
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -129,7 +137,7 @@ def _run_fn(fn_path: str, ctx: StageContext) -> dict[str, Any]:
         "ended_at": ended,
         "wall_s": ended - started,
         "host": socket.gethostname(),
-        "job_id": os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_JOB_ID") or str(os.getpid()),
+        "job_id": _job_id(),
         "summary": summary,
     }
     _write_json_atomic(ctx.out_dir / MARKER, record)

@@ -12,7 +12,7 @@ from tests.platform.conftest import run_cli
     ("data.raw_mix_ratio=1.5", "data.raw_mix_ratio", "[0.0, 1.0]"),
     ("sweep.n_trials=-1", "sweep.n_trials", "[1, inf]"),
     ("estep.max_thought_tokens=0", "estep.max_thought_tokens", "[1, inf]"),
-    ("estep.num_sample=4", "estep.num_sample", "allowed in estep: context_chunks, max_thought_tokens, num_samples"),
+    ("estep.num_sample=4", "estep.num_sample", "allowed in estep: context_chunks, group_docs, max_thought_tokens, num_samples"),
     ("bogus=1", "bogus", "unknown key"),
     ("estep.num_samples=four", "estep.num_samples", "must be an integer"),
     ("data.path=/nonexistent.jsonl", "data.path", "data.path"),
