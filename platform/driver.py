@@ -147,8 +147,30 @@ def run_sweep(composed: Composed) -> optuna.Study:
                 done, running = wait(running, return_when=FIRST_COMPLETED)
                 for fut in done:
                     fut.result()
+    except KeyboardInterrupt:
+        _on_interrupt(orch)
+        raise
     finally:
         live.stop()
         with _INGEST_LOCK:
             ingest_study(results, study, cfg.experiment.name, storage_label)
     return study
+
+
+def _on_interrupt(orch: Orchestrator) -> None:
+    """Ctrl-C: ask before cancelling submitted jobs; SLURM jobs left running are reattached on rerun."""
+    running = sum(len(j) for j in orch.active_jobs.values())
+    if not running:
+        return
+    answer = "n"
+    if sys.stdin.isatty():
+        try:
+            answer = input(f"\n[sweep] interrupted: cancel {running} submitted job(s)? [y/N] ").strip().lower()
+        except EOFError:
+            pass
+    if answer in ("y", "yes"):
+        for run_id in list(orch.active_jobs):
+            orch.cancel(run_id)
+        print("[sweep] jobs cancelled", file=sys.stderr)
+    else:
+        print("[sweep] jobs left running; rerun the same command to reattach to them", file=sys.stderr)

@@ -76,14 +76,36 @@ class Orchestrator:
         profile = self.launcher_cfg.get("profiles", {}).get(stage.profile) or {}
         return int(profile.get("gpus_per_task", 0)) * int(profile.get("tasks_per_node", 1)) * int(profile.get("nodes", 1))
 
+    def _reattach(self, stage: Stage, run: RunDir, part: str) -> list[Any]:
+        """Jobs an earlier driver submitted for this stage that SLURM still queues or runs."""
+        import launchers
+
+        if self.launcher_cfg.get("name") != "slurm":
+            return []  # local and debug jobs die with the driver that started them
+        entries = [e for e in run.read_ledger() if e.get("key") == stage.key and e.get("part") == part]
+        if not entries or entries[-1].get("status") != "submitted" or not entries[-1].get("job_id"):
+            return []
+        last = entries[-1]
+        jobs = launchers.attach_jobs(self.launcher_cfg, Path(last["log_dir"]), last["job_id"].split(","))
+        alive = [j for j in jobs if launchers.job_state(j) in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING",
+                                                                "COMPLETING", "RESIZING", "SUSPENDED")]
+        return jobs if alive else []
+
     def _submit_and_wait(self, stage: Stage, run: RunDir, shard_indices: Optional[list[int]] = None) -> list[str]:
         import launchers
 
+        part = "shards" if shard_indices is not None else "main"
         log_dir = run.logs / stage.display.replace("[", "_").replace("]", "")
-        jobs = launchers.submit_stage(stage, self.results, self.launcher_cfg, log_dir, shard_indices=shard_indices)
+        jobs = self._reattach(stage, run, part)
+        if jobs:
+            print(f"[orchestrator] {run.run_id}: reattached to {stage.display} jobs "
+                  f"{', '.join(str(j.job_id) for j in jobs)} submitted by an earlier driver", flush=True)
+        else:
+            jobs = launchers.submit_stage(stage, self.results, self.launcher_cfg, log_dir, shard_indices=shard_indices)
         job_ids = [str(j.job_id) for j in jobs]
         run.ledger({"stage": stage.name, "iteration": stage.iteration, "key": stage.key, "status": "submitted",
-                    "job_id": ",".join(job_ids), "artifact_dir": str(stage.out_dir(self.results))})
+                    "part": part, "job_id": ",".join(job_ids), "log_dir": str(log_dir),
+                    "artifact_dir": str(stage.out_dir(self.results))})
         self.active_jobs[run.run_id] = jobs
         try:
             launchers.wait_jobs(jobs, poll_s=float(self.launcher_cfg.get("poll_interval_s", 0.2)))
