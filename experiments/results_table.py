@@ -1,0 +1,73 @@
+"""The paper's comparison as a Markdown table: mean +- standard error over seeds, from DuckDB.
+
+    python -m experiments.results_table [--results results] [--metric accuracy]
+
+Rows: raw-token-match, raw-FLOP-match, synthetic thoughts, the warm start (bootstrap iteration 0)
+and bootstrap iterations 1..n for each K; columns: accuracy, held-out NLL, ELBO_4, seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Optional
+
+from platform.store import query_df
+
+SQL = """
+select i.run_id, i.kind, i.seed, i.iteration, i.accuracy, i.nll, i.elbo_4,
+       r.config->>'$.experiment.baseline' as baseline,
+       (r.config->>'$.estep.num_samples')::int as k,
+       (r.config->>'$.estep.max_thought_tokens')::int as thought_len
+from iterations i join runs r using (run_id)
+where r.status = 'completed'
+"""
+
+
+def _label(row) -> Optional[str]:
+    if row.kind == "raw":
+        return {"token_match": "raw, token-match", "flop_match": "raw, FLOP-match"}.get(row.baseline, "raw")
+    if row.kind == "synthetic":
+        return "synthetic thoughts"
+    if row.iteration == 0:
+        return "bootstrap warm start (iter 0)"
+    return f"bootstrap K={row.k}, iter {row.iteration}"
+
+
+def _fmt(values) -> str:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return f"{mean:.3f}"
+    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+    return f"{mean:.3f} ± {se:.3f}"
+
+
+def table(results: str) -> str:
+    df = query_df(results, SQL)
+    if df.empty:
+        return "(no completed runs)"
+    df["label"] = [_label(r) for r in df.itertuples()]
+    # a warm start shared by several K is one model per seed: count it once
+    df = df.drop_duplicates(subset=["label", "seed", "accuracy", "nll"])
+    order = ["raw, token-match", "raw, FLOP-match", "raw", "synthetic thoughts", "bootstrap warm start (iter 0)"]
+    labels = [l for l in order if l in set(df.label)] + sorted(l for l in set(df.label) if l not in order)
+    lines = ["| run | accuracy | held-out NLL/token | ELBO_4 | seeds |", "|---|---|---|---|---|"]
+    for label in labels:
+        g = df[df.label == label]
+        lines.append(f"| {label} | {_fmt(g.accuracy.tolist())} | {_fmt(g.nll.tolist())} | "
+                     f"{_fmt(g.elbo_4.tolist())} | {g.seed.nunique()} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m experiments.results_table", description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default="results")
+    args = parser.parse_args(argv)
+    print(table(args.results))
+
+
+if __name__ == "__main__":
+    main()
