@@ -23,7 +23,7 @@ from platform.ingest import ingest_runs, ingest_study
 from platform.live import LiveView
 from platform.orchestrator import Orchestrator, Progress
 from platform.plan import describe
-from platform.study import open_study, suggest
+from platform.study import build_sampler, open_study, suggest
 from platform.trial import apply_params, run_id_for, run_trial
 from platform.app import load_app
 
@@ -69,11 +69,16 @@ def dry_run(composed: Composed) -> None:
     cfg = composed.cfg
     app = load_app()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.RandomSampler(seed=cfg.sweep.seed)
-    scratch = optuna.create_study(sampler=sampler, directions=[o.direction for o in cfg.sweep.objectives])
+    # an in-memory study with the sweep's own sampler: what the first trials would be (a grid in order)
+    scratch = optuna.create_study(sampler=build_sampler(cfg.sweep), directions=[o.direction for o in cfg.sweep.objectives])
     results = Path(cfg.paths.results)
-    for i in range(cfg.sweep.n_trials):
-        params = suggest(scratch.ask(), cfg.sweep.search_space)
+    n = cfg.sweep.n_trials
+    if cfg.sweep.sampler == "grid":
+        n = min(n, _grid_left(scratch, cfg))
+    for i in range(n):
+        trial = scratch.ask()
+        params = suggest(trial, cfg.sweep.search_space)
+        _tell(scratch, trial, [0.0] * len(cfg.sweep.objectives))
         spec = apply_params(composed.raw, params, composed.overrides)
         plan = app.build_plan(spec.cfg)
         print(f"trial {i}: run {run_id_for(spec)} params={params}")

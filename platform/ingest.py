@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import duckdb
+import yaml
 
 from platform.stage import MARKER
 from platform.store import writer
@@ -41,8 +42,6 @@ def _ingest_run(con: duckdb.DuckDBPyConnection, run_path: Path) -> int:
         con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
     git = json.loads((run_path / "git.json").read_text()) if (run_path / "git.json").exists() else {}
     config = (run_path / "config.yaml").read_text() if (run_path / "config.yaml").exists() else None
-    import yaml
-
     con.execute(
         "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [run_id, meta.get("experiment"), meta.get("kind"), meta.get("study"), meta.get("trial"), meta.get("seed"),
@@ -137,7 +136,8 @@ def _ingest_all_studies(results: Path) -> int:
         storage = JournalStorage(JournalFileBackend(str(journal)))
         for summary in optuna.get_all_study_summaries(storage):
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
-            ingest_study(results, study, summary.study_name, str(journal))
+            experiment = study.user_attrs.get("experiment", summary.study_name)
+            ingest_study(results, study, experiment, str(journal))
             count += 1
     return count
 

@@ -117,7 +117,10 @@ class Orchestrator:
 
     def run_stage(self, stage: Stage, run: RunDir) -> dict[str, Any]:
         job_ids: list[str] = []
-        with _key_lock(stage.key):
+        lock = _key_lock(stage.key)
+        if lock.locked():
+            self.progress.set(run.run_id, f"{stage.display} (shared, running in another trial)")
+        with lock:
             cached = stage.is_complete(self.results)
             if not cached:
                 self.progress.set(run.run_id, stage.display)
