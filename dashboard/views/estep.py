@@ -1,0 +1,56 @@
+"""E-step diagnostics per iteration: log w, effective sample size, ELBO_1/2/4, thought lengths and
+the index of the selected sample, for one bootstrap run."""
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import data, figures
+
+st.title("E-step diagnostics")
+
+estep_runs = data.load(data.ESTEP_RUNS_SQL)
+if estep_runs.empty:
+    st.info("No E-step samples yet: a bootstrap run writes them in its first E-step.")
+    st.stop()
+
+c1, c2 = st.columns([3, 1])
+run_id = c1.selectbox("Run", estep_runs["run_id"].tolist(), key="es_run")
+limit = c2.number_input("Samples read (at most)", 1_000, 2_000_000, 50_000, step=10_000, key="es_limit",
+                        help="Large runs are cut to a pseudo-random set of chunks, the same in every iteration")
+samples = data.load(data.ESTEP_SAMPLES_SQL, run_id, int(limit))
+iterations = sorted(samples["iteration"].unique().tolist())
+chosen = st.multiselect("Iterations", iterations, default=iterations, key="es_iters")
+samples = samples[samples["iteration"].isin(chosen)]
+if samples.empty:
+    st.info("Pick at least one iteration.")
+    st.stop()
+stats = data.chunk_stats(samples)
+
+# ELBO as the E-step logged it over all its chunks; recomputed from the samples read otherwise.
+logged = data.load(data.ESTEP_METRICS_SQL, run_id)
+logged = logged[logged["iteration"].isin(chosen)]
+elbo = logged[logged["name"].isin(["elbo_1", "elbo_2", "elbo_4"])]
+source = "logged by the E-step"
+if elbo.empty:
+    elbo = stats.groupby("iteration")[["elbo_1", "elbo_2", "elbo_4"]].mean().reset_index().melt(
+        id_vars="iteration", var_name="name", value_name="value")
+    source = "recomputed from the samples shown"
+
+k = int(stats["k"].max())
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("Chunks", f"{len(stats):,}")
+m2.metric("K (samples per chunk)", k)
+m3.metric("Mean ESS", f"{stats['ess'].mean():.2f} / {k}")
+m4.metric("Mean thought tokens", f"{samples['thought_tokens'].mean():.1f}")
+
+g1, g2 = st.columns(2)
+g1.plotly_chart(figures.logw_histogram(samples), key="es_logw")
+g2.plotly_chart(figures.ess_by_iteration(stats), key="es_ess")
+g1.plotly_chart(figures.elbo_by_iteration(elbo), key="es_elbo")
+g1.caption(f"ELBO {source}.")
+g2.plotly_chart(figures.thought_lengths(samples), key="es_len")
+g1.plotly_chart(figures.selected_index(samples), key="es_sel")
+
+with st.expander("Metrics logged by the E-step"):
+    st.dataframe(logged.pivot_table(index="iteration", columns="name", values="value") if len(logged)
+                 else pd.DataFrame(), width="stretch")
