@@ -51,6 +51,12 @@ def _key_lock(key: str) -> threading.Lock:
         return _KEY_LOCKS.setdefault(key, threading.Lock())
 
 
+def _lost_job(exc: Exception) -> bool:
+    text = str(exc)
+    return "Traceback (most recent call last)" not in text and (
+        "has not produced any output" in text or "_log.out" in text or "_log.err" in text)
+
+
 def read_stage_metrics(stage: Stage, results: Path) -> dict[str, float]:
     """The last value of each metric a stage wrote."""
     path = stage.out_dir(results) / "metrics.jsonl"
@@ -91,7 +97,8 @@ class Orchestrator:
                                                                 "COMPLETING", "RESIZING", "SUSPENDED")]
         return jobs if alive else []
 
-    def _submit_and_wait(self, stage: Stage, run: RunDir, shard_indices: Optional[list[int]] = None) -> list[str]:
+    def _submit_and_wait(self, stage: Stage, run: RunDir, shard_indices: Optional[list[int]] = None,
+                         retries_left: int = 1) -> list[str]:
         import launchers
 
         part = "shards" if shard_indices is not None else "main"
@@ -110,6 +117,12 @@ class Orchestrator:
         try:
             launchers.wait_jobs(jobs, poll_s=float(self.launcher_cfg.get("poll_interval_s", 0.2)))
         except launchers.StageJobError as exc:
+            if retries_left > 0 and _lost_job(exc):
+                # the job died without a result or a traceback (seen under heavy load): stages are
+                # idempotent, so run it again; a stage that raised is not retried
+                print(f"[orchestrator] {run.run_id}: {stage.display} job {exc.job_id} lost ({exc.state}); retrying",
+                      flush=True)
+                return job_ids + self._submit_and_wait(stage, run, shard_indices, retries_left - 1)
             raise StageFailed(stage, str(exc)) from None
         finally:
             self.active_jobs.pop(run.run_id, None)

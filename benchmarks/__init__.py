@@ -1,0 +1,45 @@
+"""Benchmarks of the platform: ``python -m benchmarks.run [--smoke] [--only NAME]`` (``make bench``).
+
+Every section module exposes ``run(smoke: bool) -> dict`` returning a *section*:
+``{"title": str, "tables": {name: [row dict, ...]}, "summary": {...}, "notes": [str, ...]}``.
+benchmarks/report.py turns the sections into JSON and Markdown. Helpers shared by the sections
+live here; nothing in this package asserts a timing (the machine is shared and noisy).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Any, Callable
+
+
+def load_average() -> list[float]:
+    """1/5/15-minute load averages: how busy the (shared) machine was while we measured."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def median_time(fn: Callable[[], Any], repeat: int, warmup: int = 1) -> tuple[float, list[float]]:
+    """Median wall seconds of ``fn()`` over ``repeat`` runs after ``warmup`` untimed runs.
+
+    The median, not the mean: another process grabbing a core for a second spoils one run, not the
+    figure.
+    """
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def section(title: str, tables: dict[str, list[dict[str, Any]]] | None = None, summary: dict[str, Any] | None = None,
+            notes: list[str] | None = None) -> dict[str, Any]:
+    return {"title": title, "tables": tables or {}, "summary": summary or {}, "notes": list(notes or [])}
