@@ -50,6 +50,7 @@ def _choices(cfg: DictConfig) -> list[str]:
     p += one_of(cfg, "data.format", ("random", "prior_only", "posterior_only", "raw"))
     p += one_of(cfg, "teacher.kind", ("oracle", "lm", "openai_compatible"))
     p += one_of(cfg, "sampler.backend", ("hf", "vllm"))
+    p += one_of(cfg, "sampler.fan_out", ("n", "repeat"))
     p += one_of(cfg, "mstep.init", ("base", "previous"))
     p += one_of(cfg, "launcher.name", ("debug", "local", "slurm"))
     p += one_of(cfg, "sweep.sampler", ("tpe", "random", "grid", "nsga2"))

