@@ -19,7 +19,7 @@ class LiveView:
 
     def line(self) -> str:
         trials = self.study.get_trials(deepcopy=False)
-        count = {s: sum(t.state == s for t in trials) for s in TrialState}
+        count = {s: sum(t.state == s and not t.user_attrs.get("interrupted") for t in trials) for s in TrialState}
         with self.progress.lock:
             current = " | ".join(f"{rid}: {stage}" for rid, stage in sorted(self.progress.current.items()))
         return (f"[sweep {self.study.study_name}] {len(self.finished(self.study))}/{self.target} finished "
