@@ -36,7 +36,8 @@ def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def _tell(study: optuna.Study, trial: Any, values: Any = None, state: Any = None) -> None:
-    """study.tell that tolerates GridSampler's study.stop() (meant for study.optimize, not ask/tell).
+    """study.tell that tolerates GridSampler's study.stop() (meant for study.optimize, not ask/tell)
+    and its missing grid_id on enqueued trials.
 
     Optuna stores the trial's state in a `finally` before that error propagates, so nothing is lost.
     """
@@ -44,6 +45,9 @@ def _tell(study: optuna.Study, trial: Any, values: Any = None, state: Any = None
         study.tell(trial, values, state=state)
     except RuntimeError as exc:
         if "Study.stop" not in str(exc):
+            raise
+    except KeyError as exc:  # GridSampler.after_trial on a re-enqueued (interrupted) trial
+        if "grid_id" not in str(exc):
             raise
 
 
