@@ -97,6 +97,10 @@ def job_state(job: submitit.Job) -> str:
     if isinstance(job, LocalJob):
         return _LOCAL_STATES.get(job.state, "UNKNOWN")
     state = _slurm_state(job, "standard")
+    if state == "UNKNOWN":
+        # sacct has no row yet: slurmdbd lags a second or more behind a submission (measured here),
+        # and a restarted driver must not take a job it just attached to for a lost one
+        state = _squeue_state(str(job.job_id)) or state
     if state in _UNFINISHED and job.paths.result_pickle.exists():
         # the job wrote its result before sacct saw it end (accounting lags under load): ask
         # sacct now rather than in 2-60 s, and do not call a job with a result PENDING/RUNNING
@@ -104,6 +108,28 @@ def job_state(job: submitit.Job) -> str:
         if state in _UNFINISHED:
             state = "COMPLETING"
     return state
+
+
+_SQUEUE_CACHE: dict[str, tuple[float, dict[str, str]]] = {}
+_SQUEUE_TTL_S = 0.5
+
+
+def _squeue_state(job_id: str) -> Optional[str]:
+    """The controller's state of a job it still holds (PENDING, RUNNING, ...), None once it left the
+    queue. One ``squeue`` per array (or job) per half second, however many elements ask."""
+    base = job_id.split("_")[0]
+    now = time.time()
+    hit = _SQUEUE_CACHE.get(base)
+    if hit is None or now - hit[0] > _SQUEUE_TTL_S:
+        try:
+            out = subprocess.run(["squeue", "-h", "-r", "-j", base, "-o", "%i %T"], capture_output=True,
+                                 text=True, timeout=30).stdout  # exits 1 for a job no longer known
+        except (OSError, subprocess.TimeoutExpired):
+            out = ""
+        hit = (now, dict(line.split(None, 1) for line in out.splitlines() if " " in line))
+        _SQUEUE_CACHE[base] = hit
+    state = hit[1].get(job_id)
+    return state.strip().upper() if state else None
 
 
 def _slurm_state(job: submitit.Job, mode: str) -> str:

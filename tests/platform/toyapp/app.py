@@ -30,6 +30,11 @@ class WorkConfig:
     fail_at: Optional[int] = None  # iteration whose train stage raises
     nan_at: Optional[int] = None  # iteration whose train loss is NaN
     shards: int = 1
+    # SLURM tests: shard 1 of the E-step raises in trials whose x equals fail_shard_x
+    fail_shard_x: Optional[float] = None
+    shard_sleep_s: Optional[float] = None  # E-step shards sleep this long instead of sleep_s
+    # prefixes every stage name, so sacct can tell one test's jobs from another's by job name
+    stage_prefix: str = ""
 
 
 @dataclass
@@ -75,7 +80,10 @@ def prepare(ctx: Any) -> dict:
 
 def shard(ctx: Any) -> dict:
     _log(ctx, "shard")
-    time.sleep(ctx.config["sleep_s"])
+    cfg = ctx.config
+    if cfg.get("fail_shard_x") is not None and cfg["fail_shard_x"] == cfg["x"] and ctx.shard_index == 1:
+        raise ValueError(f"toy shard {ctx.shard_index} exploded on purpose at x={cfg['x']}")
+    time.sleep(cfg["sleep_s"] if cfg.get("shard_sleep_s") is None else cfg["shard_sleep_s"])
     (ctx.out_dir / "part.json").write_text(json.dumps({"i": ctx.shard_index}))
     return {"tokens_in": 1, "tokens_out": 1, "flops": 2.0}
 
@@ -111,16 +119,20 @@ def score(ctx: Any) -> dict:
 
 def build_plan(cfg: Any) -> Plan:
     w = to_dict(cfg.work)
-    prep = Stage("prepare", "tests.platform.toyapp.app:prepare", {"sleep_s": w["sleep_s"]})
+    pre = w["stage_prefix"]
+    # the SLURM-only options enter a stage's config (and so its cache key) only when set
+    shard_extra = {k: w[k] for k in ("fail_shard_x", "shard_sleep_s") if w[k] is not None}
+    prep = Stage(pre + "prepare", "tests.platform.toyapp.app:prepare", {"sleep_s": w["sleep_s"]})
     model, reports = prep, []
     for it in range(w["iterations"]):
         inputs = {"prev": model}
         if w["shards"] > 1:
-            inputs["shards"] = Stage("estep", "tests.platform.toyapp.app:shard", {"sleep_s": w["sleep_s"], "x": w["x"]},
+            inputs["shards"] = Stage(pre + "estep", "tests.platform.toyapp.app:shard",
+                                     {"sleep_s": w["sleep_s"], "x": w["x"], **shard_extra},
                                      {"prev": model}, iteration=it, num_shards=w["shards"],
                                      merge_fn="tests.platform.toyapp.app:merge")
-        model = Stage("mstep", "tests.platform.toyapp.app:train",
+        model = Stage(pre + "mstep", "tests.platform.toyapp.app:train",
                       {k: w[k] for k in ("sleep_s", "fail_at", "nan_at", "x")}, inputs, iteration=it)
-        ev = Stage("eval", "tests.platform.toyapp.app:score", {"x": w["x"]}, {"model": model}, iteration=it)
+        ev = Stage(pre + "eval", "tests.platform.toyapp.app:score", {"x": w["x"]}, {"model": model}, iteration=it)
         reports.append(ev)
     return Plan("toy", toposort(reports), reports)
