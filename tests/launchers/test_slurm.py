@@ -44,12 +44,14 @@ def _stage(fn: str, config: dict, num_shards: int = 1, **kw) -> Stage:
     return Stage(name="toy", fn=f"{TOY}:{fn}", config=config, num_shards=num_shards, **kw)
 
 
-def _sacct_final(job_id: str, duplicates: bool = False, timeout_s: float = 30) -> list[dict[str, str]]:
-    """sacct rows once every row has a final state (accounting reaches slurmdbd asynchronously)."""
+def _sacct_final(job_id: str, duplicates: bool = False, timeout_s: float = 30, rows_at_least: int = 1) -> list[dict[str, str]]:
+    """sacct rows once at least ``rows_at_least`` rows exist and every row has a final state
+    (accounting reaches slurmdbd asynchronously, array elements one by one)."""
     deadline = time.time() + timeout_s
     while True:
         rows = _sacct(job_id, duplicates)
-        if rows and all(r["State"].split()[0] in _FINAL for r in rows) or time.time() > deadline:
+        done = len(rows) >= rows_at_least and all(r["State"].split()[0] in _FINAL for r in rows)
+        if done or time.time() > deadline:
             return rows
         time.sleep(0.5)
 
@@ -97,7 +99,7 @@ def test_shards_run_as_one_array_capped_by_max_parallel_jobs(tmp_path):
         running += delta
         peak = max(peak, running)
     assert peak <= 2
-    rows = _sacct_final(jobs[0].job_id)
+    rows = _sacct_final(jobs[0].job_id, rows_at_least=len(jobs))
     assert sorted(r["JobID"] for r in rows) == sorted(j.job_id for j in jobs)
     assert {r["State"] for r in rows} == {"COMPLETED"}
 
@@ -161,7 +163,8 @@ def test_a_restarted_driver_reattaches_by_job_id(tmp_path):
     assert [job_state(j) for j in again] != ["COMPLETED", "COMPLETED"]  # still queued or running
     recs = wait_jobs(again, poll_s=0.2)
     assert [r["shard_index"] for r in recs] == [0, 1]
-    assert len(_sacct_final(ids[0])) == 2  # nothing was submitted twice
+    time.sleep(2)  # let late accounting rows arrive: a duplicate submission would show up as a 3rd row
+    assert len(_sacct_final(ids[0], rows_at_least=2)) == 2  # nothing was submitted twice
     with pytest.raises(ValueError, match="only slurm can reattach"):
         attach_jobs({"name": "local"}, tmp_path / "logs", ids)
 
