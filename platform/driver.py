@@ -114,10 +114,11 @@ def run_sweep(composed: Composed) -> optuna.Study:
         spec = apply_params(composed.raw, params, composed.overrides, study=name, trial=trial.number)
         trial.set_user_attr("run_id", run_id_for(spec))
 
-        def report(stage: Any, metrics: dict[str, float]) -> None:
+        def report(stage: Any, metrics: dict[str, float], last: bool) -> None:
             if single and objectives[0] in metrics and stage.iteration is not None:
                 trial.report(metrics[objectives[0]], stage.iteration)
-                if trial.should_prune():
+                # after the last evaluation there is nothing left to save: the trial completes
+                if not last and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned after iteration {stage.iteration}")
 
         try:

@@ -17,7 +17,7 @@ from platform.plan import Plan
 from platform.rundir import RunDir
 from platform.stage import MARKER, Stage, load_record, shard_dir
 
-ReportFn = Callable[[Stage, dict[str, float]], None]
+ReportFn = Callable[[Stage, dict[str, float], bool], None]  # (eval stage, its metrics, is it the last)
 
 
 class StageFailed(RuntimeError):
@@ -171,7 +171,7 @@ class Orchestrator:
                 if stage.key in reports:
                     final = read_stage_metrics(stage, self.results)
                     if report is not None:
-                        report(stage, final)
+                        report(stage, final, stage is plan.reports[-1])
         finally:
             self.progress.set(run.run_id, None)
         totals["total_flops"] = totals["estep_flops"] + totals["train_flops"]
