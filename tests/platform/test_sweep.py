@@ -104,3 +104,12 @@ def test_kill_9_mid_trial_then_rerun_recomputes_nothing_and_duplicates_no_row(tm
     assert _q(res, "select count(*) from (select run_id, stage, iteration, name, step, count(*) n from metrics group by all having n > 1)") == [(0,)]
     assert _q(res, "select count(*) from trials where state = 'COMPLETE'") == [(2,)]
     assert _q(res, "select count(*) from runs where status = 'completed'") == [(2,)]
+
+
+def test_a_trial_is_never_pruned_at_its_last_evaluation(tmp_path):
+    res = tmp_path / "r"
+    args = [f"paths.results={res}", "sweep.pruner=median", "sweep.n_trials=4", "sweep.parallel=1", "work.iterations=1",
+            "sweep.sampler=grid", "sweep.search_space={work.x: {type: categorical, choices: [0.3, 0.9, 0.95, 1.0]}}"]
+    out = run_cli("platform.sweep", *args, env=TOY_ENV)
+    assert out.returncode == 0, out.stderr
+    assert [r[0] for r in _q(res, "select state from trials order by number")] == ["COMPLETE"] * 4
