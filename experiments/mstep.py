@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from experiments import compute, distributed
@@ -247,7 +248,10 @@ def _train(ctx, env: distributed.DistEnv, stop_after_step: Optional[int],
 
     peak = compute.peak_flops_for(env.device, autocast_dtype or torch.float32)
     run_tokens, run_time, log_tokens, log_t0 = 0, 0.0, 0, time.perf_counter()
+    # a progress bar on rank 0 (to the job's log); few refreshes, so logs stay small
+    bar = tqdm(total=steps, initial=start, desc="mstep", unit="step", mininterval=10, disable=not env.is_main)
     for step in range(start + 1, steps + 1):
+        bar.update(1)
         t0 = time.perf_counter()
         idx = batch_indices(step, batch, n_windows, seed)
         # predicted tokens (position 0 of a window is context only); every rank knows the global batch
@@ -289,6 +293,7 @@ def _train(ctx, env: distributed.DistEnv, stop_after_step: Optional[int],
             raise Preempted(f"checkpoint written at step {step} of {steps} on request; rerun to resume")
         if stop_after_step is not None and step >= stop_after_step:
             raise _Stopped(f"stopped after step {step} (stop_after_step)")
+    bar.close()
 
     if env.is_main:
         if autocast_dtype is not None:
