@@ -26,10 +26,10 @@ sweep: setup
 test: setup
 	$(PY) -m pytest -q -rs tests $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; [ $$rc -eq 0 ] || exit $$rc
-	if [ -x .venv-vllm/bin/python ]; then \
+	if [ -x .venv-vllm/bin/python ] && .venv-vllm/bin/python -c "import vllm" 2>/dev/null; then \
 	  .venv-vllm/bin/python -m pytest -q -rs -m vllm tests/vllm; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "error: no vLLM test collected"; exit 1; fi; exit $$rc; \
-	else echo "note: .venv-vllm missing (make setup-vllm): vLLM tests skipped"; fi
+	else echo "note: no working .venv-vllm (make setup-vllm): vLLM tests skipped"; fi
 
 dashboard: setup
 	$(PY) -m streamlit run dashboard/app.py --server.address 127.0.0.1
