@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -18,6 +19,10 @@ def load(argv: Optional[Sequence[str]]) -> Composed:
 
 
 def main_guard(fn: Callable[[Composed], int | None], argv: Optional[Sequence[str]] = None) -> int:
+    # started in the background, SIGINT may be ignored and local jobs inherit that: submitit cancels
+    # local jobs with SIGINT, so give them the default disposition back
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         composed = load(argv)
     except ConfigError as exc:
