@@ -18,7 +18,6 @@ import hashlib
 import importlib
 import json
 import os
-import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -178,10 +177,3 @@ def _exclusive(lock_path: Path):
 def load_record(stage: Stage, results: str | Path) -> Optional[dict[str, Any]]:
     marker = stage.out_dir(Path(results)) / MARKER
     return json.loads(marker.read_text()) if marker.exists() else None
-
-
-def clear_incomplete(stage: Stage, results: str | Path) -> None:
-    """Remove a stage folder that has no marker (used by `--force` style reruns)."""
-    out = stage.out_dir(Path(results))
-    if out.exists() and not (out / MARKER).exists():
-        shutil.rmtree(out)
