@@ -91,7 +91,7 @@ def measure(name: str, model_dir: Path, prompts_of: Callable[[Any], list[list[in
     if with_hf:  # the same prompts in this process, for a direct comparison outside benchmarks/run.py
         from experiments.samplers.hf import HFSampler
 
-        hf = HFSampler.from_pretrained(model_dir, {"dtype": "auto", "batch_size": 64})
+        hf = HFSampler.from_pretrained(model_dir, {"dtype": "auto"})
         for k in ks:
             tokens = len(prompts) * k * max_tokens
             hf.sample(prompts, n=k, max_tokens=max_tokens, seed=1)

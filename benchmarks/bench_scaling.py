@@ -75,11 +75,11 @@ def plot_html(rows: list[dict], slopes: list[dict]) -> str:
 
 
 def run(smoke: bool, embedded: Optional[tuple] = None) -> dict[str, Any]:
-    from benchmarks.bench_estep import build_embedded, estep_prompts
+    from benchmarks.bench_estep import build_embedded, estep_prompts, shipped_batch_size
     from experiments.samplers.hf import HFSampler
 
     model, tok, docs = embedded or build_embedded(60 if smoke else 200)
-    sampler = HFSampler(model, tok, batch_size=64)
+    sampler = HFSampler(model, tok, batch_size=shipped_batch_size())
     prompts = estep_prompts(tok, docs, 32)
     if smoke:
         base, repeat = {"k": 2, "max_tokens": 4, "prompts": 2}, 1
@@ -98,7 +98,7 @@ def run(smoke: bool, embedded: Optional[tuple] = None) -> dict[str, Any]:
         pts = [r for r in rows if r["stage"] == stage and r["knob"] == knob]
         slopes.append({"stage": stage, "knob": knob, "values": f"{pts[0]['value']}..{pts[-1]['value']}",
                        "slope": loglog_slope([r["value"] for r in pts], [r["seconds"] for r in pts])})
-    notes = [f"E-step base point: {base} (HFSampler, batch_size 64, thoughts to the cap); M-step: one epoch over "
+    notes = [f"E-step base point: {base} (HFSampler, batch_size {shipped_batch_size()} as shipped, thoughts to the cap); M-step: one epoch over "
              f"N windows of {window} tokens, batch {batch} (includes model load and final save)",
              "plot: scaling.html (Plotly; no kaleido or matplotlib installed for a PNG)"]
     summary = {f"{s['stage']}:{s['knob']}": round(s["slope"], 3) for s in slopes}

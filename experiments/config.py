@@ -65,7 +65,7 @@ class TeacherConfig:
 @dataclass
 class SamplerConfig:
     backend: str = "hf"  # hf | vllm
-    batch_size: int = 64  # prompts per forward batch (hf)
+    batch_size: int = 256  # hf: sequences (prompts x K) decoded together; K samples of a prompt stay in one batch
     dtype: str = "auto"
     gpu_memory_utilization: float = 0.85
     max_model_len: Optional[int] = None

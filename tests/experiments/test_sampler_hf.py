@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from experiments.samplers import SampleOut, Sampler, build_sampler
-from experiments.samplers.hf import HFSampler, choose_tokens, row_keys
-from tests.experiments.tiny_lm import tiny_model, tiny_tokenizer
+from experiments.samplers.hf import HFSampler, SharedPrompts, choose_tokens, row_keys
+from tests.experiments.tiny_lm import TEXTS, tiny_model, tiny_tokenizer, train_briefly
 
 torch.set_num_threads(1)
 
@@ -106,6 +106,31 @@ def test_stop_token_ends_sequence_and_is_excluded(sampler):
             else:
                 assert not s.finished and s.token_ids == f.token_ids
     assert stopped[0][0].token_ids == ids[:cut] and stopped[0][0].finished
+
+
+def test_logprobs_stay_exact_as_rows_finish_and_prompts_leave(monkeypatch):
+    """Rows stopping at different steps shrink the decode batch; once half the prompts have no row
+    left, their shared cache is compacted. Every sample's log q must still equal a direct rescoring."""
+    tok = tiny_tokenizer()
+    model = train_briefly(tiny_model(), tok, TEXTS, steps=40, lr=1e-2)  # samples end with "." at varied steps
+    sampler = HFSampler(model, tok)
+    prompts_left = []
+    select = SharedPrompts.select
+
+    def spy(self, rows):
+        select(self, rows)
+        prompts_left.append(self.bias.shape[0])
+
+    monkeypatch.setattr(SharedPrompts, "select", spy)
+    prompts = [enc(tok, t) for t in ("Q: 3*7+5? A:", "Q: 8", "Q: 2*3+4? A: 10.", "Q: 9*9", "Q: 4+4", "Q: 7*2+3? A: 17.")]
+    outs = sampler.sample(prompts, n=3, max_tokens=14, stop_token_id=enc(tok, ".")[-1], seed=11)
+    lengths = [len(s.token_ids) for row in outs for s in row]
+    assert sum(s.finished for row in outs for s in row) >= 9 and len(set(lengths)) >= 4
+    assert prompts_left and min(prompts_left) < len(prompts)  # the compaction path ran
+    for p, row in zip(prompts, outs):
+        for s in row:
+            if s.token_ids:
+                np.testing.assert_allclose(s.logprobs, direct_scores(model, p, s.token_ids), atol=1e-4)
 
 
 def test_greedy_matches_transformers_generate(sampler):
