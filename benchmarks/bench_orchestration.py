@@ -136,7 +136,7 @@ def run(smoke: bool) -> dict[str, Any]:
     rows, notes = [], []
     launchers = ["debug", "local"]
     if not smoke and slurm_available():
-        launchers += ["slurm", "slurm@0.5"]
+        launchers += ["slurm"]
     elif not smoke:
         notes.append("slurm: skipped (sinfo does not answer; start one with scripts/slurm/start.sh)")
     else:
@@ -159,9 +159,6 @@ def run(smoke: bool) -> dict[str, Any]:
     except Exception as exc:
         notes.append(f"toy sweep of {n_trials} trials failed: {type(exc).__name__}: {str(exc)[:500]}")
         tables["sweep"] = []
-    if any(r["launcher"] == "slurm@0.5" for r in rows):
-        notes.append("slurm@0.5: the same SLURM launcher with poll_interval_s 0.5 instead of conf/launcher/slurm.yaml's 2.0: "
-                     "end_delay is mostly waiting for the next poll")
     notes.append("overhead = submit->wait return minus the stage function's own wall_s (marker); "
                  "local jobs pay a Python start + imports (torch-free: submitit, platform, launchers)")
     summary = {r["launcher"]: {"overhead_s": r["overhead_s"], "target_s": r["target_s"], "met": r["target_met"]}
