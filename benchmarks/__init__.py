@@ -40,6 +40,24 @@ def median_time(fn: Callable[[], Any], repeat: int, warmup: int = 1) -> tuple[fl
     return statistics.median(times), times
 
 
+def paired_times(baseline: Callable[[], Any], candidate: Callable[[], Any], repeat: int) -> tuple[list[float], list[float]]:
+    """Wall seconds of ``baseline`` and ``candidate`` run alternately (after one untimed run of each).
+
+    On a shared machine whose speed drifts over seconds, back-to-back pairs see the same conditions:
+    the median of the per-pair ratios is the robust speedup, where two separate medians are not.
+    """
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    baseline(), candidate()
+    base, cand = [], []
+    for _ in range(repeat):
+        for fn, out in ((baseline, base), (candidate, cand)):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return base, cand
+
+
 def section(title: str, tables: dict[str, list[dict[str, Any]]] | None = None, summary: dict[str, Any] | None = None,
             notes: list[str] | None = None) -> dict[str, Any]:
     return {"title": title, "tables": tables or {}, "summary": summary or {}, "notes": list(notes or [])}

@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from benchmarks import median_time, section
+from benchmarks import paired_times, section
 
 KS = (1, 4, 8)
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,13 +103,6 @@ def naive_score(model: torch.nn.Module, prefixes: list[list[int]], conts: list[l
     return total
 
 
-def _rate(fn, repeat: int) -> tuple[float, float, list[float]]:
-    """(tokens/s at the median time, median seconds, all seconds)."""
-    tokens = fn()  # warm-up run also tells the token count
-    med, times = median_time(fn, repeat, warmup=0)
-    return tokens / med, med, times
-
-
 def measure_model(name: str, model: torch.nn.Module, tok: Any, work: Workload) -> dict[str, list[dict]]:
     """Sampling rows (naive and batched, each K) and scoring rows for one model."""
     from experiments.samplers.hf import HFSampler
@@ -121,30 +114,31 @@ def measure_model(name: str, model: torch.nn.Module, tok: Any, work: Workload) -
     sampling = []
     for k in KS:
         n_tok = len(work.prompts) * k * work.max_tokens
-        naive_tps, naive_s, _ = _rate(lambda: naive_generate(model, work.prompts, k, work.max_tokens, pad), work.repeat)
 
         def batched() -> int:
             res = sampler.sample(work.prompts, n=k, max_tokens=work.max_tokens, stop_token_id=None, seed=1)
             return sum(len(s.token_ids) for row in res for s in row)
 
-        hf_tps, hf_s, _ = _rate(batched, work.repeat)
+        naive_t, hf_t = paired_times(lambda: naive_generate(model, work.prompts, k, work.max_tokens, pad), batched,
+                                     work.repeat)
+        naive_s, hf_s = statistics.median(naive_t), statistics.median(hf_t)
         common = {"model": name, "k": k, "prompts": len(work.prompts), "max_tokens": work.max_tokens, "tokens": n_tok}
-        sampling.append({**common, "backend": "naive_generate", "seconds": naive_s, "tokens_per_s": naive_tps,
+        sampling.append({**common, "backend": "naive_generate", "seconds": naive_s, "tokens_per_s": n_tok / naive_s,
                          "ratio_to_naive": 1.0})
-        sampling.append({**common, "backend": "hf_batched", "seconds": hf_s, "tokens_per_s": hf_tps,
-                         "ratio_to_naive": hf_tps / naive_tps})
+        sampling.append({**common, "backend": "hf_batched", "seconds": hf_s, "tokens_per_s": n_tok / hf_s,
+                         "ratio_to_naive": statistics.median(a / b for a, b in zip(naive_t, hf_t)),
+                         "ratio_range": f"{min(a / b for a, b in zip(naive_t, hf_t)):.2f}-"
+                                        f"{max(a / b for a, b in zip(naive_t, hf_t)):.2f}"})
     prefixes = work.prompts
-    naive_tps, naive_s, _ = _rate(lambda: naive_score(model, prefixes, work.conts), work.repeat)
-
-    def batched_score() -> int:
-        sampler.score(prefixes, work.conts)
-        return sum(len(p) + len(c) for p, c in zip(prefixes, work.conts))
-
-    hf_tps, hf_s, _ = _rate(batched_score, work.repeat)
+    n_tok = sum(len(p) + len(c) for p, c in zip(prefixes, work.conts))
+    naive_t, hf_t = paired_times(lambda: naive_score(model, prefixes, work.conts),
+                                 lambda: sampler.score(prefixes, work.conts), work.repeat)
+    naive_s, hf_s = statistics.median(naive_t), statistics.median(hf_t)
     common = {"model": name, "pairs": len(prefixes), "cont_tokens": len(work.conts[0])}
     scoring = [
-        {**common, "backend": "naive_forward", "seconds": naive_s, "tokens_per_s": naive_tps, "ratio_to_naive": 1.0},
-        {**common, "backend": "hf_batched", "seconds": hf_s, "tokens_per_s": hf_tps, "ratio_to_naive": hf_tps / naive_tps},
+        {**common, "backend": "naive_forward", "seconds": naive_s, "tokens_per_s": n_tok / naive_s, "ratio_to_naive": 1.0},
+        {**common, "backend": "hf_batched", "seconds": hf_s, "tokens_per_s": n_tok / hf_s,
+         "ratio_to_naive": statistics.median(a / b for a, b in zip(naive_t, hf_t))},
     ]
     return {"sampling": sampling, "scoring": scoring}
 
@@ -167,13 +161,14 @@ def profile_batched(model: torch.nn.Module, tok: Any, work: Workload, k: int) ->
 def run(smoke: bool, embedded: Optional[tuple] = None) -> dict[str, Any]:
     torch.manual_seed(0)
     model, tok, docs = embedded or build_embedded(60 if smoke else 200)
-    n_prompts, max_tokens, repeat = (2, 4, 1) if smoke else (16, 32, 3)
+    n_prompts, max_tokens, repeat = (2, 4, 1) if smoke else (16, 32, 7)
     prompts = estep_prompts(tok, docs, n_prompts)
     conts = [[tok.pad_token_id + 10 + (i % 50) for i in range(max_tokens)] for _ in prompts]
     tables: dict[str, list[dict]] = {"sampling": [], "scoring": []}
     notes = [f"embedded model: {sum(p.numel() for p in model.parameters())/1e6:.2f}M params, vocab {len(tok)}; "
              f"{n_prompts} prompts (mean {statistics.mean(map(len, prompts)):.0f} tokens), thoughts run to "
-             f"{max_tokens} tokens (no stop), median of {repeat}"]
+             f"{max_tokens} tokens (no stop); naive and batched run alternately {repeat} times, ratio = median "
+             "of the per-pair ratios (ratio_range: lowest-highest pair)"]
     res = measure_model("embedded", model, tok, Workload(prompts, max_tokens, repeat, conts))
     for key in tables:
         tables[key] += res[key]

@@ -2,10 +2,12 @@
 
 Sampling runs all prompts x n samples of a minibatch at once: one left-padded prefill of the
 prompts, then one forward per new token. The prompt cache is kept once per prompt and read by all n
-of its samples (``SharedPrompts``, a registered attention function); each sample's own tokens go to
-a preallocated cache written in place. Finished rows leave the batch as they stop, so a few long
-thoughts do not keep the whole batch busy. Measured on the embedded model (benchmarks/): the two
-caches took the sampler from 3.2x to 5.4x naive ``generate`` at K=8.
+of its samples (decode_cache.SharedPrompts); each sample's own tokens go to a preallocated cache
+written in place. Llama models run the decode step as plain tensor ops (llama_decode.py), others
+through transformers with the shared-prompt attention registered. Finished rows leave the batch as
+they stop, so a few long thoughts do not keep the whole batch busy. Measured on the embedded model
+at K=8 (benchmarks/, paired runs): 3.2x naive ``generate`` with transformers' DynamicCache, 4.5x
+with the two caches, 5.7x with the fused step.
 
 Randomness is counter-based: the Gumbel noise of token v at step t of sample j of a prompt is a hash
 of (seed, prompt ids, j, t, v). A sample therefore depends on its prompt, index and seed only, not on
@@ -16,7 +18,6 @@ that.) Gumbel-max over logits / T is an exact draw from softmax(logits / T).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import struct
 from pathlib import Path
@@ -24,10 +25,12 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, DynamicCache
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers.cache_utils import Cache
 
 from experiments.samplers.base import SampleOut, check_sample_args, check_score_args
+from experiments.samplers.decode_cache import PreallocatedLayer, SharedPrompts, attention_implementation
+from experiments.samplers.llama_decode import LlamaDecodeStep, unsupported_reason
 
 _M32 = 0xFFFFFFFF
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -69,138 +72,14 @@ def choose_tokens(logits: torch.Tensor, temperature: float, keys: torch.Tensor, 
     return (logits.double() / temperature + noise).argmax(-1)
 
 
-class PreallocatedLayer(DynamicLayer):
-    """A KV cache layer that writes each step into a buffer sized for the whole generation.
-
-    DynamicLayer concatenates the whole cache with the new token at every step (O(length) copies per
-    token: 43% of the batched sampler's time at K=8 on the embedded model); here a step writes one
-    column in place and attention reads a view of the filled part.
-    """
-
-    def __init__(self, capacity: int):
-        super().__init__()
-        self.capacity = capacity
-        self.length = 0
-        self._kbuf: Optional[torch.Tensor] = None
-        self._vbuf: Optional[torch.Tensor] = None
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-            b, h, _, d = key_states.shape
-            self._kbuf = key_states.new_empty((b, h, self.capacity, d))
-            self._vbuf = value_states.new_empty((b, h, self.capacity, d))
-        end = self.length + key_states.shape[-2]
-        if end > self.capacity:
-            raise RuntimeError(f"PreallocatedLayer: {end} positions exceed the capacity {self.capacity}")
-        self._kbuf[:, :, self.length : end] = key_states
-        self._vbuf[:, :, self.length : end] = value_states
-        self.length = end
-        self.keys, self.values = self._kbuf[:, :, :end], self._vbuf[:, :, :end]
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.length:
-            self._kbuf, self._vbuf = self._kbuf[indices], self._vbuf[indices]
-            self.keys, self.values = self._kbuf[:, :, : self.length], self._vbuf[:, :, : self.length]
-
-
-class SharedPrompts:
-    """The prompts' KV cache, stored once per prompt, for the n samples that continue each prompt.
-
-    Repeating a prompt's cache n times would make every decode step read n copies of it: attention
-    in the decode loop is memory-bound, so that read was the largest cost at K=8. Instead a decode
-    step attends to the prompt part with the n samples' queries stacked as one [n*heads] block per
-    prompt (one matmul against the single copy), and to its own generated tokens separately; one
-    softmax spans both parts, so the result is exactly attention over the concatenation.
-    """
-
-    def __init__(self, prefill: Any, mask: torch.Tensor, n: int):
-        self.keys = [layer.keys for layer in prefill.layers]  # [prompts, kv_heads, width, head_dim]
-        self.values = [layer.values for layer in prefill.layers]
-        bias = torch.zeros(mask.shape, dtype=self.keys[0].dtype, device=mask.device)
-        self.bias = bias.masked_fill(mask == 0, float("-inf"))[:, None, None, :]  # left padding is never attended
-        self.n = n
-        rows = torch.arange(mask.shape[0] * n, device=mask.device)
-        self.group, self.slot = rows // n, rows % n  # prompt and sample index of each decode row
-        self.dense = True  # rows are exactly prompts x n in order: gather/scatter become reshapes
-
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only ``rows`` (finished samples leave); drop prompts no row continues once half are idle."""
-        self.group, self.slot, self.dense = self.group[rows], self.slot[rows], False
-        live = torch.unique(self.group)
-        if len(live) * 2 <= self.bias.shape[0]:
-            self.keys = [k[live] for k in self.keys]
-            self.values = [v[live] for v in self.values]
-            self.bias = self.bias[live]
-            self.group = torch.searchsorted(live, self.group)
-
-    def to_prompt_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        """[rows, kv_heads, rep, L] -> [prompts, kv_heads, n*rep, L] (absent samples are zeros)."""
-        prompts, (_, kvh, rep, length) = self.bias.shape[0], x.shape
-        if self.dense:
-            grid = x.reshape(prompts, self.n, kvh, rep, length)
-        else:
-            grid = x.new_zeros((prompts, self.n, kvh, rep, length))
-            grid[self.group, self.slot] = x
-        return grid.transpose(1, 2).reshape(prompts, kvh, self.n * rep, length)
-
-    def from_prompt_blocks(self, x: torch.Tensor, rep: int) -> torch.Tensor:
-        """The inverse of ``to_prompt_blocks`` for the rows still decoding."""
-        prompts, kvh, _, length = x.shape
-        grid = x.reshape(prompts, kvh, self.n, rep, length).transpose(1, 2)
-        if self.dense:
-            return grid.reshape(prompts * self.n, kvh, rep, length)
-        return grid[self.group, self.slot]
-
-
-def shared_prompt_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                            shared_prompts: Optional[SharedPrompts] = None, **kwargs):
-    """Decode-step attention (one query per row) over the shared prompt cache + the row's own tokens.
-
-    Registered with transformers' AttentionInterface; ``key``/``value`` are the generated tokens only.
-    """
-    if shared_prompts is None or query.shape[2] != 1:
-        raise RuntimeError("shared_prompt_attention serves single-token decode steps with shared_prompts=...")
-    sp, layer = shared_prompts, module.layer_idx
-    rows, heads, _, dim = query.shape
-    kvh = key.shape[1]
-    rep = heads // kvh  # grouped-query attention: query head h reads kv head h // rep
-    scaling = dim**-0.5 if scaling is None else scaling
-    q = query.reshape(rows, kvh, rep, dim)
-    prompt_scores = sp.to_prompt_blocks(q) @ sp.keys[layer].transpose(-1, -2) * scaling + sp.bias
-    own_scores = q @ key.transpose(-1, -2) * scaling
-    scores = torch.cat([sp.from_prompt_blocks(prompt_scores, rep), own_scores], dim=-1)
-    probs = torch.softmax(scores.float(), dim=-1).to(query.dtype)
-    width = prompt_scores.shape[-1]
-    out = sp.from_prompt_blocks(sp.to_prompt_blocks(probs[..., :width]) @ sp.values[layer], rep)
-    out = out + probs[..., width:] @ value
-    return out.reshape(rows, 1, heads, dim), None
-
-
-AttentionInterface.register("shared_prompt_decode", shared_prompt_attention)
-
-
-@contextlib.contextmanager
-def attention_implementation(model: torch.nn.Module, name: str):
-    """Run the model's attention layers with ``name`` for the duration (restored even on error)."""
-    config = model.config
-    before = config._attn_implementation
-    config._attn_implementation = name
-    try:
-        yield
-    finally:
-        config._attn_implementation = before
-
-
 class HFSampler:
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, batch_size: int = 256, score_batch_tokens: int = 32768):
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, batch_size: int = 256, score_batch_tokens: int = 32768,
+                 fused_decode: bool = True):
         if batch_size < 1:
             raise ValueError(f"sampler.batch_size must be >= 1, got {batch_size}")
         self.model = model.eval()
+        # Llama models decode through plain tensor ops; others (or fused_decode=False) through transformers
+        self.decode_step = LlamaDecodeStep(model) if fused_decode and unsupported_reason(model) is None else None
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.score_batch_tokens = score_batch_tokens  # padded tokens per scoring forward
@@ -280,12 +159,12 @@ class HFSampler:
         finished = torch.zeros(rows, dtype=torch.bool, device=dev)
         with attention_implementation(self.model, "shared_prompt_decode"):
             for step in range(max_tokens):
-                logp = F.log_softmax(logits.float(), dim=-1)
+                logits = logits.float()
                 tok = choose_tokens(logits, temperature, keys, step)
                 stop = tok == stop_id if stop_id is not None else torch.zeros_like(tok, dtype=torch.bool)
                 keep = ~stop
                 tok_buf[alive, step] = tok
-                lp_buf[alive, step] = logp.gather(1, tok[:, None])[:, 0]
+                lp_buf[alive, step] = logits.gather(1, tok[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
                 length[alive[keep]] += 1
                 finished[alive[stop]] = True
                 if step == max_tokens - 1 or not keep.any():
@@ -295,10 +174,13 @@ class HFSampler:
                     own.batch_select_indices(sel)
                     prompts_kv.select(sel)
                     alive, tok, keys, next_pos = alive[sel], tok[sel], keys[sel], next_pos[sel]
-                logits = self.model(
-                    input_ids=tok[:, None], position_ids=next_pos, past_key_values=own, use_cache=True,
-                    shared_prompts=prompts_kv,
-                ).logits[:, -1]
+                if self.decode_step is not None:
+                    logits = self.decode_step.step(tok, next_pos[:, 0], own.layers, prompts_kv)
+                else:
+                    logits = self.model(
+                        input_ids=tok[:, None], position_ids=next_pos, past_key_values=own, use_cache=True,
+                        shared_prompts=prompts_kv,
+                    ).logits[:, -1]
                 next_pos = next_pos + 1
         lens, fin = length.tolist(), finished.tolist()
         toks, lps = tok_buf.tolist(), lp_buf.tolist()

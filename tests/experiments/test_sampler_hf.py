@@ -133,6 +133,47 @@ def test_logprobs_stay_exact_as_rows_finish_and_prompts_leave(monkeypatch):
                 np.testing.assert_allclose(s.logprobs, direct_scores(model, p, s.token_ids), atol=1e-4)
 
 
+def test_fused_llama_decode_equals_the_transformers_path(sampler):
+    """The fused decode step (plain tensor ops) and transformers' forward with the registered
+    shared-prompt attention draw the same tokens with the same log q, with and without stops."""
+    tok = sampler.tokenizer
+    assert sampler.decode_step is not None  # a Llama model takes the fused path by default
+    reference = HFSampler(sampler.model, tok, fused_decode=False)
+    assert reference.decode_step is None
+    prompts = [enc(tok, "Q: 3*7+5? A:"), enc(tok, "Q: 8"), enc(tok, "Q: 2*3+4? A: 10. 2*3=6.")]
+    stop = enc(tok, "Q: 2*3+4?")[3]
+    for stop_id in (None, stop):
+        a = sampler.sample(prompts, n=4, max_tokens=12, stop_token_id=stop_id, seed=7)
+        b = reference.sample(prompts, n=4, max_tokens=12, stop_token_id=stop_id, seed=7)
+        for x, y in zip(a, b):
+            assert [s.token_ids for s in x] == [s.token_ids for s in y]
+            for s, t in zip(x, y):
+                np.testing.assert_allclose(s.logprobs, t.logprobs, atol=1e-5)
+
+
+def test_models_the_fused_step_cannot_reproduce_take_the_transformers_path():
+    """A Qwen2 model (q/k/v biases) decodes through transformers with the shared-prompt attention;
+    its log q still equals a direct forward."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from experiments.samplers.llama_decode import unsupported_reason
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    qwen = Qwen2ForCausalLM(Qwen2Config(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                                        num_key_value_heads=2, intermediate_size=64, vocab_size=len(tok))).eval()
+    assert "qwen2" in unsupported_reason(qwen)
+    sampler = HFSampler(qwen, tok)
+    assert sampler.decode_step is None
+    prompts = [enc(tok, "Q: 3*7+5? A:"), enc(tok, "Q: 8")]
+    for p, row in zip(prompts, sampler.sample(prompts, n=3, max_tokens=6, seed=1)):
+        for s in row:
+            np.testing.assert_allclose(s.logprobs, direct_scores(qwen, p, s.token_ids), atol=1e-4)
+    biased = tiny_model()
+    biased.config.attention_bias = True
+    assert unsupported_reason(biased) == "attention or MLP biases"
+
+
 def test_greedy_matches_transformers_generate(sampler):
     tok = sampler.tokenizer
     prompts = [enc(tok, "Q: 3*7+5? A:"), enc(tok, "Q: 8")]
