@@ -69,11 +69,15 @@ def _vllm_rows(smoke: bool, embedded: tuple, log: Callable[[str], None]) -> tupl
 
 def merge_vllm(sec: dict[str, Any], vllm: dict[str, Any]) -> None:
     """Add vLLM rows to the E-step tables with their ratio to the naive row of the same model (and K)."""
+    import torch
+
     for table, naive_name in (("sampling", "naive_generate"), ("scoring", "naive_forward")):
         rows = sec["tables"].setdefault(table, [])
         for row in vllm.get(table, []):
+            # the naive row measured at the threads the vLLM subprocess got (OMP_NUM_THREADS = the bench's)
             naive = [r for r in rows if r["backend"] == naive_name and r.get("model") == row.get("model")
-                     and (table == "scoring" or r.get("k") == row.get("k"))]
+                     and (table == "scoring" or r.get("k") == row.get("k"))
+                     and r.get("threads", torch.get_num_threads()) == torch.get_num_threads()]
             ratio = row["tokens_per_s"] / naive[0]["tokens_per_s"] if naive else None
             rows.append({**row, "backend": row.get("backend", "vllm"), "ratio_to_naive": ratio})
     if vllm.get("fan_out"):  # vLLM's n=K against K repeated prompts: the per-run lists stay in the JSON only
@@ -108,12 +112,14 @@ def headline(sections: dict[str, dict]) -> list[dict[str, Any]]:
     for r in s.get("tables", {}).get("sampling", []):
         if r["backend"] != "naive_generate":
             target = ">= 5x naive" if r["backend"] == "hf_batched" and r["model"] == "embedded" else ""
-            add(f"E-step sampling {r['backend']} / naive generate, {r['model']}, K={r['k']}",
+            threads = f", {r['threads']} thread(s)" if r.get("threads") else ""
+            add(f"E-step sampling {r['backend']} / naive generate, {r['model']}, K={r['k']}{threads}",
                 f"{r['ratio_to_naive']:.1f}x ({r['tokens_per_s']:,.0f} tok/s)" if r.get("ratio_to_naive") else "-",
                 target, r["ratio_to_naive"] >= 5 if target and r.get("ratio_to_naive") else None)
     for r in s.get("tables", {}).get("scoring", []):
         if r["backend"] != "naive_forward" and r.get("ratio_to_naive"):
-            add(f"Scoring {r['backend']} / per-sequence forward, {r['model']}",
+            threads = f", {r['threads']} thread(s)" if r.get("threads") else ""
+            add(f"Scoring {r['backend']} / per-sequence forward, {r['model']}{threads}",
                 f"{r['ratio_to_naive']:.1f}x ({r['tokens_per_s']:,.0f} tok/s)")
     for r in sections.get("mstep", {}).get("tables", {}).get("mstep", []):
         add(f"M-step {r['model']} ({r['params'] / 1e6:.2f}M params)",

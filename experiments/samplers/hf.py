@@ -33,6 +33,7 @@ from experiments.samplers.decode_cache import PreallocatedLayer, SharedPrompts, 
 from experiments.samplers.llama_decode import LlamaDecodeStep, unsupported_reason
 
 _M32 = 0xFFFFFFFF
+SCORE_MIN_FILL = 0.75  # a scoring batch wastes at most a quarter of each row on padding
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -206,9 +207,12 @@ class HFSampler:
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
         start = 0
         while start < len(order):
-            # as many sequences as fit the token budget (at least one), capped by batch_size
+            # as many sequences as fit the token budget (at least one), capped by batch_size, and only
+            # those at least SCORE_MIN_FILL of the longest: padding is compute spent on nothing
             width = len(seqs[order[start]])
             count = max(1, min(self.batch_size, self.score_batch_tokens // max(width, 1)))
+            count = next((c for c in range(1, count) if start + c < len(order)
+                          and len(seqs[order[start + c]]) < SCORE_MIN_FILL * width), count)
             idx = [i for i in order[start : start + count] if cont_ids[i]]
             start += count
             if idx:

@@ -58,6 +58,26 @@ def test_score_batched_equals_unbatched_and_empty_continuation(sampler):
     np.testing.assert_allclose(tiny_batches.score(prefixes, conts), single, atol=1e-5)
 
 
+def test_scoring_batches_group_similar_lengths(sampler, monkeypatch):
+    """A long and a short sequence are not padded into one forward (SCORE_MIN_FILL); similar ones are."""
+    tok = sampler.tokenizer
+    widths = []
+    score_batch = HFSampler._score_batch
+
+    def spy(self, seqs, prefix_lens):
+        widths.append(sorted(len(x) for x in seqs))
+        return score_batch(self, seqs, prefix_lens)
+
+    monkeypatch.setattr(HFSampler, "_score_batch", spy)
+    long_p = enc(tok, "Q: 2*3+4? A: 10. 2*3=6. 6+4=10. Answer: 10 Q: 9*9+1? A:")
+    prefixes = [long_p, enc(tok, "Q: 8"), enc(tok, "Q: 7"), long_p]
+    conts = [[5, 6, 7]] * 4
+    got = sampler.score_tokens(prefixes, conts)
+    assert len(widths) == 2 and all(max(w) * 0.75 <= min(w) for w in widths)
+    for p, c, g in zip(prefixes, conts, got):
+        np.testing.assert_allclose(g, direct_scores(sampler.model, p, c), atol=1e-4)
+
+
 def test_sampled_logprobs_equal_rescoring(sampler):
     tok = sampler.tokenizer
     prompts = [enc(tok, "Q: 3*7+5? A:"), enc(tok, "Q: 8"), enc(tok, "Q: 2*3+4? A: 10. 2*3=6.")]
