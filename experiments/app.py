@@ -37,6 +37,7 @@ def _ranges(cfg: DictConfig) -> list[str]:
     p += in_range(cfg, "mstep.epochs", 0.0)
     p += in_range(cfg, "mstep.grad_clip", 0.0)
     p += in_range(cfg, "launcher.max_parallel_jobs", 1)
+    p += in_range(cfg, "launcher.max_num_timeout", 0)
     if (OmegaConf.select(cfg, "mstep.lr") or 0) <= 0:
         p.append(f"mstep.lr: must be > 0, got {OmegaConf.select(cfg, 'mstep.lr')}")
     return p

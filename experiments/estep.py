@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,11 +29,11 @@ from experiments.docstore import load_docs, save_thoughts
 from experiments.formats import encode_parts, joint_parts, posterior_prompt, stable_seed
 from experiments.importance import effective_sample_size, elbo, log_weights, resample
 from experiments.samplers import Sampler, build_sampler
-from experiments.tokens import EOL
+from experiments.tokens import EOL, POSTERIOR, PRIOR, SOL
 
 SAMPLE_COLUMNS = [
     "doc_id", "chunk_id", "sample_idx", "thought", "thought_tokens",
-    "log_p_joint", "log_q", "log_w", "selected", "finished",
+    "log_p_joint", "log_q", "log_w", "selected", "finished", "chunk_text",
 ]
 ELBO_NS = (1, 2, 4)
 GROUP_DOCS = 8  # documents per resumable unit (estep.group_docs overrides)
@@ -77,9 +78,10 @@ def infer_thoughts(
     eol_ids = tok.encode(EOL, add_special_tokens=False)
     if len(eol_ids) != 1:
         raise ValueError(f"tokenizer encodes {EOL} as {eol_ids}; the E-step needs it as one stop token")
-    prompts, prefixes, pieces, keys = [], [], [], []
+    prompts, prefixes, pieces, keys, chunk_text = [], [], [], [], []
     for doc in docs:
         chunks = chunk_texts(doc, poisson_mean, max_sentences)
+        chunk_text += chunks
         for i, chunk in enumerate(chunks):
             prompts.append(tok(posterior_prompt(chunks[:i], chunk, context_chunks))["input_ids"])
             prefix_ids, piece_ids = encode_parts(tok, *joint_parts(chunks[:i], "", chunk, context_chunks))
@@ -113,6 +115,7 @@ def infer_thoughts(
                 "doc_id": doc_id, "chunk_id": chunk_id, "sample_idx": k, "thought": s.text,
                 "thought_tokens": len(s.token_ids), "log_p_joint": float(lp[k]), "log_q": float(lq[k]),
                 "log_w": float(lw[k]), "selected": k == pick, "finished": bool(s.finished),
+                "chunk_text": chunk_text[c],
             })
     generated = sum(len(s.token_ids) + int(s.finished) for outs in samples for s in outs)
     counts = {
@@ -135,6 +138,10 @@ def chunk_metrics(samples: pd.DataFrame) -> dict[str, float]:
     out["selected_idx_mean"] = float(samples.loc[samples["selected"], "sample_idx"].mean())
     out["log_w_mean"] = float(samples["log_w"].mean())
     out["finished_frac"] = float(samples["finished"].mean())
+    # thoughts the model wrote a format marker into (SoL / Prior: / Posterior: before EoL): kept verbatim,
+    # since masking them would change q; a high share says the latent format is not learnt yet
+    markers = "|".join(re.escape(m) for m in (SOL, PRIOR, POSTERIOR))
+    out["marker_in_thought_frac"] = float(samples["thought"].str.contains(markers, regex=True).mean())
     return out
 
 

@@ -26,8 +26,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER_NAMES = ("debug", "local", "slurm")
 LAUNCHER_KEYS = tuple(f.name for f in dataclasses.fields(LauncherConfig))
 PROFILE_KEYS = tuple(f.name for f in dataclasses.fields(ResourceProfile))
-# Requeues allowed after a *time-out* (preemptions do not count); submitit's own default.
-MAX_NUM_TIMEOUT = 3
 # slurmctld checks time limits every 30 s (PERIODIC_TIMEOUT) and sends --signal as soon as
 # remaining <= delay + 30 s: measured here, a requeued 1-minute job with a 20 s delay was signalled
 # 15-17 s after it started, every attempt, and spent its requeues without training a step.
@@ -60,6 +58,8 @@ def validate_launcher(launcher_cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"launcher.name: {merged['name']!r} is not one of {', '.join(LAUNCHER_NAMES)}")
     if int(merged["max_parallel_jobs"]) < 1:
         raise ValueError(f"launcher.max_parallel_jobs: must be >= 1, got {merged['max_parallel_jobs']}")
+    if not isinstance(merged["max_num_timeout"], int) or merged["max_num_timeout"] < 0:
+        raise ValueError(f"launcher.max_num_timeout: must be an integer >= 0, got {merged['max_num_timeout']!r}")
     profiles = {}
     for pname, prof in (merged.get("profiles") or {}).items():
         prof = _as_dict(prof, f"launcher.profiles.{pname}")
@@ -149,7 +149,7 @@ def build_executor(
     if name == "local":
         if res["nodes"] > 1:
             raise ValueError(f"launcher.profiles.{profile}.nodes: the local launcher runs on one node, got {res['nodes']}")
-        ex = submitit.LocalExecutor(folder=folder, max_num_timeout=MAX_NUM_TIMEOUT, python=local_python(res["cpus_per_task"]))
+        ex = submitit.LocalExecutor(folder=folder, max_num_timeout=cfg["max_num_timeout"], python=local_python(res["cpus_per_task"]))
         params = dict(timeout_min=res["timeout_min"], tasks_per_node=res["tasks_per_node"],
                       gpus_per_node=gpus_per_node, signal_delay_s=delay)
         if cfg["setup"]:
@@ -160,7 +160,7 @@ def build_executor(
 
     if signal_delay_s is None:
         delay = slurm_signal_delay_s(res["timeout_min"])
-    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=MAX_NUM_TIMEOUT, python=shlex.quote(sys.executable))
+    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=cfg["max_num_timeout"], python=shlex.quote(sys.executable))
     params: dict[str, Any] = {
         # sbatch --time takes whole minutes
         "time": max(1, int(round(res["timeout_min"]))),

@@ -70,6 +70,8 @@ class LauncherConfig:
     additional_parameters: dict[str, Any] = field(default_factory=dict)  # extra sbatch flags
     setup: list[str] = field(default_factory=list)  # shell lines run before each job
     poll_interval_s: float = 0.2
+    # requeues of a checkpointable job after it hits its time limit (preemptions do not count)
+    max_num_timeout: int = 3
     profiles: dict[str, ResourceProfile] = field(
         default_factory=lambda: {
             "default": ResourceProfile(),

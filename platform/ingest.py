@@ -20,7 +20,7 @@ import yaml
 from platform.stage import MARKER
 from platform.store import writer
 
-RUN_TABLES = ("runs", "stages", "metrics", "estep_samples")
+RUN_TABLES = ("runs", "stages", "shards", "metrics", "estep_samples")
 
 
 def _ts(t: Optional[float]) -> Optional[datetime]:
@@ -80,11 +80,25 @@ def _ingest_stage(con: duckdb.DuckDBPyConnection, run_id: str, entry: dict[str, 
             "FROM read_json(?, format='newline_delimited', columns={'name': 'VARCHAR', 'step': 'BIGINT', 'value': 'DOUBLE'})",
             [run_id, entry.get("iteration"), entry["stage"], str(metrics)],
         )
+    for marker in sorted(art.glob(f"shards/*/{MARKER}")):
+        shard = json.loads(marker.read_text())
+        part = shard.get("summary", {})
+        con.execute(
+            "INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [run_id, entry["stage"], entry.get("iteration"), entry["key"], shard.get("shard_index"),
+             shard.get("job_id"), shard.get("host"), _ts(shard.get("started_at")), _ts(shard.get("ended_at")),
+             shard.get("wall_s"), part.get("tokens_in"), part.get("tokens_out"), part.get("flops")],
+        )
     samples = art / "estep_samples.parquet"
     if samples.exists():
+        # files written before chunk_text / finished existed lack them: NULL there
+        present = {r[0] for r in con.execute("SELECT name FROM parquet_schema(?)", [str(samples)]).fetchall()}
+        optional = ", ".join(c if c in present else f"NULL AS {c}" for c in ("chunk_text", "finished"))
         con.execute(
-            "INSERT INTO estep_samples SELECT ?, ?, doc_id, chunk_id, sample_idx, thought, thought_tokens, "
-            "log_p_joint, log_q, log_w, selected, ? FROM read_parquet(?)",
+            "INSERT INTO estep_samples (run_id, iteration, doc_id, chunk_id, sample_idx, thought, thought_tokens, "
+            "log_p_joint, log_q, log_w, selected, model_path, chunk_text, finished) "
+            "SELECT ?, ?, doc_id, chunk_id, sample_idx, thought, thought_tokens, "
+            f"log_p_joint, log_q, log_w, selected, ?, {optional} FROM read_parquet(?)",
             [run_id, entry.get("iteration"), entry.get("model_path"), str(samples)],
         )
     return rows

@@ -26,6 +26,15 @@ CREATE TABLE IF NOT EXISTS estep_samples (
     thought VARCHAR, thought_tokens INTEGER, log_p_joint DOUBLE, log_q DOUBLE, log_w DOUBLE,
     selected BOOLEAN, model_path VARCHAR
 );
+-- Added after the first release: ALTER keeps existing stores working (new columns are NULL for old runs).
+ALTER TABLE estep_samples ADD COLUMN IF NOT EXISTS chunk_text VARCHAR;  -- the chunk X the thought explains
+ALTER TABLE estep_samples ADD COLUMN IF NOT EXISTS finished BOOLEAN;  -- the thought ended with EoL (not cut)
+-- One row per shard of a sharded stage (E-step): the stages row is the merge, with the shards' compute summed.
+CREATE TABLE IF NOT EXISTS shards (
+    run_id VARCHAR, stage VARCHAR, iteration INTEGER, cache_key VARCHAR, shard INTEGER, job_id VARCHAR,
+    host VARCHAR, started_at TIMESTAMP, ended_at TIMESTAMP, wall_s DOUBLE, tokens_in BIGINT, tokens_out BIGINT,
+    flops DOUBLE
+);
 -- Per run and iteration, the eval metrics side by side (accuracy, nll, elbo_k, ess).
 CREATE OR REPLACE VIEW iterations AS
 SELECT r.run_id, r.experiment, r.kind, r.study, r.trial, r.seed, m.iteration,

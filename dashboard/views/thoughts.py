@@ -27,11 +27,11 @@ doc_id = st.selectbox("Document", docs["doc_id"].tolist(), key="th_doc",
 doc = data.with_weights(data.load(data.DOC_SAMPLES_SQL, run_id, int(iteration), doc_id))
 st.plotly_chart(figures.chunk_weights(doc), key="th_weights")
 
-columns = ["sample_idx", "selected", "weight", "log_w", "log_p_joint", "log_q", "thought_tokens", "thought"]
+columns = ["sample_idx", "selected", "weight", "log_w", "log_p_joint", "log_q", "thought_tokens", "finished", "thought"]
 for chunk_id, chunk in doc.groupby("chunk_id", sort=True):
     st.subheader(f"Chunk {chunk_id}")
-    if "chunk_text" in chunk.columns:  # raw text X, where the E-step stores it
-        st.text(chunk["chunk_text"].iloc[0])
+    if "chunk_text" in chunk.columns and chunk["chunk_text"].notna().any():  # older runs stored no text
+        st.text(chunk["chunk_text"].dropna().iloc[0])
     picked = chunk[chunk["selected"].astype(bool)]
     if len(picked):
         row = picked.iloc[0]

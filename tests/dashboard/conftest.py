@@ -62,6 +62,7 @@ def facts(results_db) -> dict:
         complete_trials=(q("SELECT count(*) FROM trials WHERE state = 'COMPLETE' AND study = (SELECT study FROM studies "
                            "ORDER BY created_at DESC NULLS LAST, study LIMIT 1)"))[0][0],
         has_estep=bool(q("SELECT 1 FROM estep_samples LIMIT 1")),
+        has_chunk_text=bool(q("SELECT 1 FROM estep_samples WHERE chunk_text IS NOT NULL LIMIT 1")),
         has_trial_values=bool(q("SELECT 1 FROM trials WHERE \"values\" IS NOT NULL LIMIT 1")),
     )
     con.close()

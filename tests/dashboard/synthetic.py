@@ -116,7 +116,8 @@ def build_synthetic_results(
                             n_tok = int(rng.integers(4, length + 1))
                             rows["estep_samples"].append(
                                 (run_id, it, f"doc{d:03d}", c, i, f"thought {i} for doc{d} chunk {c}: 3*7=21. 21+5=26.",
-                                 n_tok, float(log_w[i] - 2.0), -2.0, float(log_w[i]), i == pick, f"artifacts/mstep/{it - 1}"))
+                                 n_tok, float(log_w[i] - 2.0), -2.0, float(log_w[i]), i == pick, f"artifacts/mstep/{it - 1}",
+                                 f"Chunk {c} of doc{d}: what is 3*7+5? It is 26.", n_tok < length))
             value = (acc, 2.0 * 6e5 * docs * chunks * k * length * 50 * iterations)
             rows["trials"].append((STUDY, trial, "COMPLETE", json.dumps(params), list(value), run_id, None,
                                    start, start + timedelta(hours=1)))

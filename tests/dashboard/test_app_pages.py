@@ -99,6 +99,8 @@ def test_thought_browser_shows_selected_thought_per_chunk(dashboard_env, facts):
     chunks = [s.value for s in at.subheader]
     assert chunks and all(c.startswith("Chunk ") for c in chunks)
     assert len(at.success) == len(chunks)  # each chunk's selected sample
+    if facts["has_chunk_text"]:  # the chunk X above its thoughts
+        assert len(at.text) == len(chunks) and all(t.value.strip() for t in at.text)
     table = at.dataframe[0].value
     assert abs(table["weight"].sum() - 1.0) < 1e-9
     assert table["selected"].sum() == 1

@@ -132,6 +132,18 @@ def test_a_fake_sampler_gives_hand_computed_weights():
     # log w_k = (-10 + k) - (-1 - k) = -9 + 2k
     np.testing.assert_allclose(frame.log_w, [-9.0, -7.0, -5.0])
     assert estep.chunk_metrics(frame)["elbo_2"] == pytest.approx(elbo([-9.0, -7.0], 2))
+    assert set(frame.chunk_text) == {"One two. Three four."}  # the chunk X, stored with its thoughts
+
+
+def test_marker_in_thought_share_counts_format_tokens_written_inside_thoughts():
+    from experiments.tokens import POSTERIOR, SOL
+
+    frame = pd.DataFrame({
+        "doc_id": "d", "chunk_id": [0, 0, 1, 1], "sample_idx": [0, 1, 0, 1], "log_w": [-1.0, -2.0, -1.0, -3.0],
+        "thought_tokens": 5, "selected": [True, False, False, True], "finished": True,
+        "thought": ["3*7=21.", f"3*7{SOL}=21.", f"ok {POSTERIOR} 4", "fine"],
+    })
+    assert estep.chunk_metrics(frame)["marker_in_thought_frac"] == 0.5
 
 
 def make_stage_dirs(tmp_path, docs, sampler):

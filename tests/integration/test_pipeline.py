@@ -43,6 +43,23 @@ def test_estep_samples_and_diagnostics(real_results):
     assert {"elbo_1", "ess", "thought_tokens_mean"} <= names
     lw = q(real_results, "select count(*) from estep_samples where abs(log_w - (log_p_joint - log_q)) > 1e-6")
     assert lw == [(0,)]
+    # the chunk X each thought explains is stored with it, once per chunk; finished says whether it hit EoL
+    texts = q(real_results, """
+        select count(distinct chunk_text), count(*) filter (where chunk_text is null or finished is null)
+        from estep_samples group by run_id, iteration, doc_id, chunk_id""")
+    assert all(n == 1 and nulls == 0 for n, nulls in texts)
+
+
+def test_estep_shards_are_recorded_with_their_compute(real_results):
+    # realrun.py runs the E-step as 2 shards; the stages row (the merge) sums their compute
+    rows = q(real_results, """
+        select s.cache_key, s.flops, count(h.shard), sum(h.flops), min(h.wall_s), count(distinct h.job_id)
+        from stages s join shards h using (run_id, cache_key) where s.stage = 'estep'
+        group by s.cache_key, s.flops""")
+    assert rows
+    for _, flops, n, shard_flops, wall, jobs in rows:
+        assert n == 2 and jobs == 2 and wall > 0
+        assert shard_flops == pytest.approx(flops)
 
 
 def test_compute_accounting_and_budgets(real_results):

@@ -37,7 +37,15 @@ def test_misspelled_launcher_key_and_unknown_profile_and_name():
         validate_launcher({"name": "slrum"})
     with pytest.raises(ValueError, match=r"launcher.profiles.estep.cpus_per_task: must be an integer >= 1, got 0"):
         validate_launcher({"profiles": {"estep": {"cpus_per_task": 0}}})
-    assert set(LAUNCHER_KEYS) >= {"name", "profiles", "max_parallel_jobs"}
+    with pytest.raises(ValueError, match=r"launcher.max_num_timeout: must be an integer >= 0, got -1"):
+        validate_launcher({"max_num_timeout": -1})
+    assert set(LAUNCHER_KEYS) >= {"name", "profiles", "max_parallel_jobs", "max_num_timeout"}
+
+
+def test_requeues_after_a_time_out_are_configurable(tmp_path):
+    assert build_executor({"name": "slurm"}, tmp_path).max_num_timeout == 3  # submitit's own default
+    assert build_executor({"name": "slurm", "max_num_timeout": 0}, tmp_path).max_num_timeout == 0
+    assert build_executor({"name": "local", "max_num_timeout": 7}, tmp_path).max_num_timeout == 7
 
 
 def test_dataclass_config_is_accepted_and_defaults_fill_partial_profiles():

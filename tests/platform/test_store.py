@@ -67,3 +67,45 @@ def test_reader_waits_for_a_brief_writer(tmp_path):
     t.join()
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[0.5]"
+
+
+def test_a_store_and_runs_from_before_chunk_text_are_upgraded(tmp_path):
+    """A store created before estep_samples.chunk_text/finished and the shards table existed gains
+    them on the next write; sample files written before then ingest with NULL there."""
+    import pandas as pd
+
+    from platform.stage import MARKER
+
+    res = tmp_path / "r"
+    res.mkdir()
+    con = duckdb.connect(str(db_path(res)))
+    con.execute("CREATE TABLE estep_samples (run_id VARCHAR, iteration INTEGER, doc_id VARCHAR, chunk_id INTEGER, "
+                "sample_idx INTEGER, thought VARCHAR, thought_tokens INTEGER, log_p_joint DOUBLE, log_q DOUBLE, "
+                "log_w DOUBLE, selected BOOLEAN, model_path VARCHAR)")
+    con.execute("INSERT INTO estep_samples VALUES ('old', 1, 'd', 0, 0, 'z', 1, -1, -1, 0, true, 'm')")
+    con.close()
+    art = res / "artifacts" / "estep" / "k1"
+    for i in range(2):
+        shard = art / "shards" / f"{i:05d}"
+        shard.mkdir(parents=True)
+        (shard / MARKER).write_text(json.dumps({"shard_index": i, "job_id": f"7_{i}", "host": "h", "wall_s": 1.5 + i,
+                                                "started_at": 1.0, "ended_at": 3.0,
+                                                "summary": {"tokens_in": 10, "tokens_out": 5, "flops": 100.0}}))
+    (art / MARKER).write_text(json.dumps({"wall_s": 0.1, "summary": {"flops": 200.0}}))
+    pd.DataFrame({"doc_id": ["d"], "chunk_id": [0], "sample_idx": [0], "thought": ["z"], "thought_tokens": [1],
+                  "log_p_joint": [-1.0], "log_q": [-1.0], "log_w": [0.0], "selected": [True]}).to_parquet(
+        art / "estep_samples.parquet", index=False)
+    run = res / "runs" / "new"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"run_id": "new", "kind": "bootstrap", "status": "completed"}))
+    (run / "stages.jsonl").write_text(json.dumps({"key": "k1", "stage": "estep", "iteration": 1, "status": "completed",
+                                                   "artifact_dir": str(art)}) + "\n")
+    ingest_runs(res)
+    con = duckdb.connect(str(db_path(res)), read_only=True)
+    try:
+        rows = con.execute("select run_id, chunk_text, finished from estep_samples order by run_id").fetchall()
+        shards = con.execute("select shard, job_id, wall_s, flops from shards order by shard").fetchall()
+    finally:
+        con.close()
+    assert rows == [("new", None, None), ("old", None, None)]
+    assert shards == [(0, "7_0", 1.5, 100.0), (1, "7_1", 2.5, 100.0)]
