@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED = 1
 	# torch first and pinned: on these machines 2.13.0 is the CPU wheel on disk; an unpinned torch
 	# (or one pulled in by another package) would be a multi-GB CUDA build.
 	.venv/bin/pip install torch==2.13.0
-	.venv/bin/pip install -e '.[dev]'
+	.venv/bin/pip install -e '.[dev,eval]'
 	touch $@
 
 setup: .venv/.installed

@@ -109,7 +109,9 @@ class EvalConfig:
     max_new_tokens: int = 64
     max_thought_tokens: int = 128
     elbo_docs: int = 64  # held-out documents for ELBO_1/2/4
-    harness_tasks: list[str] = field(default_factory=list)  # lm-evaluation-harness, cluster only
+    # lm-evaluation-harness tasks (experiments/harness.py): e.g. gsm8k_cot on a cluster, or
+    # platform_heldout (the held-out problems above as a local task; runs offline)
+    harness_tasks: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -5,7 +5,8 @@ EoL or ``eval.max_thought_tokens``; then EoL and ``formats.answer_prefix()`` are
 and the answer is generated greedily to EOS or ``eval.max_new_tokens``, cut at its first newline.
 Raw models get the question and the answer prefix directly. Every generation is one batched call.
 
-``run_harness`` runs lm-evaluation-harness (GSM8K / MATH) on a cluster; it is not installed here.
+``eval.harness_tasks`` adds lm-evaluation-harness results (experiments/harness.py): GSM8K / MATH on
+a cluster, or ``platform_heldout``, these held-out problems as a local lm-eval task, offline.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from experiments.docstore import load_docs, load_problems
 from experiments.estep import checkpoint_num_params, chunk_metrics, infer_thoughts
 from experiments.formats import answer_prefix, encode_document, encode_parts, eval_prompt, joint_parts
 from experiments.grading import extract_answer, is_correct
+from experiments.harness import LOCAL_TASK, run_harness, write_local_task
 from experiments.samplers import Sampler, build_sampler
 from experiments.tokens import EOL
 
@@ -130,7 +132,11 @@ def run_eval(ctx) -> dict[str, Any]:
 
     harness = list(ev.get("harness_tasks") or [])
     if harness:
-        results = run_harness(model_dir, harness, out, backend=cfg.get("sampler", {}).get("backend", "hf"))
+        include = None
+        if LOCAL_TASK in harness:
+            include = write_local_task(problems, latent, out, int(ev["max_new_tokens"]), int(ev["max_thought_tokens"]))
+        results = run_harness(model_dir, harness, out, backend=cfg.get("sampler", {}).get("backend", "hf"),
+                              include_path=include)
         for task, vals in results.items():
             for name, v in vals.items():
                 if isinstance(v, (int, float)):
@@ -138,34 +144,3 @@ def run_eval(ctx) -> dict[str, Any]:
     ctx.write_metrics([{"name": k, "step": 0, "value": v} for k, v in metrics.items()])
     n_params = checkpoint_num_params(model_dir)
     return {**counts, "flops": 2.0 * n_params * (counts["tokens_in"] + counts["tokens_out"]), **metrics}
-
-
-def run_harness(model_dir: str | Path, tasks: Sequence[str], out_dir: str | Path, backend: str = "vllm",
-                num_fewshot: Optional[int] = None, limit: Optional[int] = None) -> dict[str, dict[str, Any]]:
-    """lm-evaluation-harness ``simple_evaluate`` (greedy, the tasks' own few-shot CoT prompts).
-
-    Writes ``harness_results.json`` into ``out_dir``; returns ``results["results"]`` (task -> metrics).
-    Latent models are scored with the tasks' plain prompts here; prompting them with SoL PRIOR_PREFIX
-    first needs a custom task template.
-    """
-    try:
-        import lm_eval
-    except ImportError as e:
-        raise RuntimeError(
-            "eval.harness_tasks needs lm-evaluation-harness, which is not installed: "
-            "`pip install 'lm_eval[vllm]'` (or 'lm_eval[hf]') on the cluster. Its tasks (GSM8K, MATH) download "
-            "their datasets from the Hugging Face Hub, so the node also needs network access or a filled "
-            "HF_DATASETS_CACHE; leave eval.harness_tasks empty for the embedded, offline world."
-        ) from e
-    if backend not in ("vllm", "hf"):
-        raise ValueError(f"harness backend {backend!r} must be 'vllm' or 'hf'")
-    if not tasks:
-        raise ValueError("run_harness: no tasks given (eval.harness_tasks is empty)")
-    results = lm_eval.simple_evaluate(
-        model=backend, model_args=f"pretrained={model_dir},dtype=auto", tasks=list(tasks), num_fewshot=num_fewshot,
-        limit=limit, batch_size="auto", gen_kwargs="temperature=0",
-    )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "harness_results.json").write_text(json.dumps(results.get("results", {}), indent=1, default=str))
-    return results.get("results", {})

@@ -6,7 +6,7 @@ of its samples (decode_cache.SharedPrompts); each sample's own tokens go to a pr
 written in place. Llama models run the decode step as plain tensor ops (llama_decode.py), others
 through transformers with the shared-prompt attention registered. Finished rows leave the batch as
 they stop, so a few long thoughts do not keep the whole batch busy. Measured on the embedded model
-at K=8 (benchmarks/, paired runs): 3.2x naive ``generate`` with transformers' DynamicCache, 4.5x
+at K=8 (benchmarks/, paired runs): 3.9x naive ``generate`` with transformers' DynamicCache, 4.5x
 with the two caches, 5.7x with the fused step.
 
 Randomness is counter-based: the Gumbel noise of token v at step t of sample j of a prompt is a hash

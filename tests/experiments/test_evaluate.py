@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import experiments.evaluate as evaluate
+import experiments.harness as harness
 from experiments.corpus import Problem, generate_corpus
 from experiments.docstore import save_docs, save_problems
 from experiments.formats import answer_prefix, eval_prompt
@@ -17,7 +18,7 @@ from experiments.samplers import SampleOut
 from experiments.samplers.hf import HFSampler
 from experiments.tokens import EOL
 from platform.stage import StageContext
-from tests.experiments.tiny_lm import tiny_model, tiny_tokenizer
+from tests.experiments.tiny_lm import tiny_model, tiny_tokenizer, train_briefly
 
 torch.set_num_threads(1)
 
@@ -138,7 +139,7 @@ def test_run_eval_stage(tmp_path, sampler, latent):
 def test_harness_without_lm_eval_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # makes `import lm_eval` raise ImportError
     with pytest.raises(RuntimeError, match="lm-evaluation-harness.*not installed"):
-        evaluate.run_harness(tmp_path, ["gsm8k"], tmp_path)
+        harness.run_harness(tmp_path, ["gsm8k"], tmp_path)
 
 
 def test_harness_calls_simple_evaluate(tmp_path, monkeypatch):
@@ -149,10 +150,41 @@ def test_harness_calls_simple_evaluate(tmp_path, monkeypatch):
         return {"results": {"gsm8k": {"exact_match,strict-match": 0.25, "alias": "gsm8k"}}}
 
     monkeypatch.setitem(sys.modules, "lm_eval", types.SimpleNamespace(simple_evaluate=simple_evaluate))
-    res = evaluate.run_harness(tmp_path / "m", ["gsm8k"], tmp_path / "out", backend="vllm", num_fewshot=8)
+    res = harness.run_harness(tmp_path / "m", ["gsm8k"], tmp_path / "out", backend="vllm", num_fewshot=8)
     assert seen["model"] == "vllm" and seen["tasks"] == ["gsm8k"] and seen["num_fewshot"] == 8
     assert seen["model_args"].startswith(f"pretrained={tmp_path / 'm'}")
     assert res["gsm8k"]["exact_match,strict-match"] == 0.25
     assert json.loads((tmp_path / "out" / "harness_results.json").read_text()) == res
     with pytest.raises(ValueError, match="'tpu'"):
-        evaluate.run_harness(tmp_path, ["gsm8k"], tmp_path, backend="tpu")
+        harness.run_harness(tmp_path, ["gsm8k"], tmp_path, backend="tpu")
+
+
+def test_lm_eval_on_the_local_heldout_task_agrees_with_the_eval_stage(tmp_path):
+    """The real lm-evaluation-harness, offline, on the held-out problems written as a local task:
+    for a raw model its exact match equals the eval stage's own greedy accuracy, problem by problem."""
+    _, problems = generate_corpus(num_train_docs=1, num_eval_docs=24, families=["arith"], difficulty=1, seed=4)
+    tok = tiny_tokenizer()
+    texts = [f"{eval_prompt(p.question, False)}{answer_prefix()} {p.answer}." for p in problems]
+    model = train_briefly(tiny_model(seed=1, hidden=64), tok, texts, steps=60, lr=1e-2)  # gets about half right
+    sampler = HFSampler(model, tok, batch_size=32)
+    rows, _ = evaluate.greedy_answers(sampler, problems, latent=False, max_thought_tokens=0, max_new_tokens=6)
+    accuracy = float(np.mean([r["correct"] for r in rows]))
+    assert 0.3 < accuracy < 0.9, accuracy  # right and wrong answers both: a comparison that can fail
+
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    task = harness.write_local_task(problems, False, tmp_path, max_new_tokens=6, max_thought_tokens=0)
+    res = harness.run_harness(tmp_path / "model", [harness.LOCAL_TASK], tmp_path / "out", backend="hf",
+                              include_path=task)
+    assert res[harness.LOCAL_TASK]["exact_match,answer"] == pytest.approx(accuracy)
+    assert (tmp_path / "out" / "harness_results.json").exists()
+
+
+def test_eval_stage_records_harness_metrics(tmp_path, sampler):
+    ctx = stage(tmp_path, sampler, latent=True, harness=[harness.LOCAL_TASK])
+    evaluate.run_eval(ctx)
+    metrics = {r["name"]: r["value"] for r in map(json.loads, (ctx.out_dir / "metrics.jsonl").read_text().splitlines())}
+    value = metrics[f"harness/{harness.LOCAL_TASK}/exact_match,answer"]
+    assert 0.0 <= value <= 1.0
+    prompts = [json.loads(x)["prompt"] for x in (ctx.out_dir / "harness_task" / "heldout.jsonl").read_text().splitlines()]
+    assert len(prompts) == 3 and all(p.endswith(eval_prompt("", True).strip()) for p in prompts)
