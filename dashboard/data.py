@@ -183,6 +183,10 @@ ESTEP_METRICS_SQL = """
 SELECT iteration, name, arg_max(value, step) AS value FROM metrics
 WHERE run_id = ? AND stage = 'estep' GROUP BY ALL ORDER BY iteration, name
 """
+SHARDS_SQL = """
+SELECT iteration, shard, job_id, host, wall_s, tokens_in, tokens_out, flops FROM shards
+WHERE run_id = ? AND stage = 'estep' ORDER BY iteration, shard
+"""
 ESTEP_RUNS_SQL = """
 SELECT run_id, list(DISTINCT iteration ORDER BY iteration) AS iterations, count(*) AS n_samples
 FROM estep_samples GROUP BY run_id ORDER BY run_id

@@ -143,6 +143,16 @@ def thought_lengths(samples: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def shard_walls(shards: pd.DataFrame) -> go.Figure:
+    """Wall seconds of each E-step shard per iteration: the slowest shard sets the iteration's time."""
+    fig = px.bar(shards, x="shard", y="wall_s", color=shards["iteration"].astype(str), barmode="group",
+                 labels={"color": "iteration", "wall_s": "wall (s)"}, title="E-step shards: wall time",
+                 hover_data=["job_id", "host", "tokens_out"])
+    fig.update_xaxes(dtick=1)
+    fig.update_layout(height=340, margin=dict(t=50, l=50, r=20, b=40))
+    return fig
+
+
 def selected_index(samples: pd.DataFrame) -> go.Figure:
     """How often each sample index is the one resampled; uniform when the weights carry no signal."""
     picked = samples[samples["selected"].astype(bool)]

@@ -1,5 +1,5 @@
-"""E-step diagnostics per iteration: log w, effective sample size, ELBO_1/2/4, thought lengths and
-the index of the selected sample, for one bootstrap run."""
+"""E-step diagnostics per iteration: log w, effective sample size, ELBO_1/2/4, thought lengths, the
+index of the selected sample and the shards' wall times, for one bootstrap run."""
 
 import pandas as pd
 import streamlit as st
@@ -50,6 +50,11 @@ g1.plotly_chart(figures.elbo_by_iteration(elbo), key="es_elbo")
 g1.caption(f"ELBO {source}.")
 g2.plotly_chart(figures.thought_lengths(samples), key="es_len")
 g1.plotly_chart(figures.selected_index(samples), key="es_sel")
+shards = data.load(data.SHARDS_SQL, run_id)
+shards = shards[shards["iteration"].isin(chosen)]
+if len(shards):  # runs ingested before the shards table have none
+    g2.plotly_chart(figures.shard_walls(shards), key="es_shards")
+    g2.caption(f"{len(shards)} shard jobs; slowest {shards['wall_s'].max():.1f} s, mean {shards['wall_s'].mean():.1f} s.")
 
 with st.expander("Metrics logged by the E-step"):
     st.dataframe(logged.pivot_table(index="iteration", columns="name", values="value") if len(logged)

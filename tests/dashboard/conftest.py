@@ -63,6 +63,7 @@ def facts(results_db) -> dict:
                            "ORDER BY created_at DESC NULLS LAST, study LIMIT 1)"))[0][0],
         has_estep=bool(q("SELECT 1 FROM estep_samples LIMIT 1")),
         has_chunk_text=bool(q("SELECT 1 FROM estep_samples WHERE chunk_text IS NOT NULL LIMIT 1")),
+        has_shards=bool(q("SELECT 1 FROM shards WHERE run_id = (SELECT min(run_id) FROM estep_samples) LIMIT 1")),
         has_trial_values=bool(q("SELECT 1 FROM trials WHERE \"values\" IS NOT NULL LIMIT 1")),
     )
     con.close()

@@ -86,7 +86,9 @@ def test_estep_page_shows_diagnostics(dashboard_env, facts):
     if not facts["has_estep"]:
         pytest.skip("the fixture has no E-step samples")
     at = open_page("views/estep.py")
-    assert len(charts(at)) == 5
+    assert len(charts(at)) == 5 + facts["has_shards"]  # + shard wall times where the store has them
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in charts(at)]
+    assert ("E-step shards: wall time" in titles) == facts["has_shards"]
     k = int(at.metric[1].value)
     assert 1.0 <= float(at.metric[2].value.split("/")[0]) <= k
 

@@ -25,7 +25,7 @@ PAGES = {"iterations": "Across iterations", "": "Overview", "sweep": "Sweep anal
 def expected_charts(path: str, facts: dict) -> int:
     """Plotly charts the page must show for what the fixture holds (see conftest.facts)."""
     return {"iterations": 1, "": 1 + facts["has_trial_values"], "sweep": 1 if facts["studies"] and facts["complete_trials"] else 0,
-            "estep": 5 * facts["has_estep"], "thoughts": 1 * facts["has_estep"], "sql": 0}[path]
+            "estep": (5 + facts["has_shards"]) * facts["has_estep"], "thoughts": 1 * facts["has_estep"], "sql": 0}[path]
 
 pytestmark = pytest.mark.browser
 try:
