@@ -125,6 +125,11 @@ def headline(sections: dict[str, dict]) -> list[dict[str, Any]]:
         add(f"M-step {r['model']} ({r['params'] / 1e6:.2f}M params)",
             f"{r['tokens_per_s']:,.0f} tok/s, {r['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s = "
             f"{100 * r['fraction_of_peak']:.1f}% of a {r['matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s matmul peak")
+    for r in sections.get("mstep", {}).get("tables", {}).get("paper_model", []):
+        on_gpu = r["device"] != "cpu"
+        add(f"M-step MFU, {r['model']} ({r['params'] / 1e6:.0f}M params), {r['device']}",
+            f"{100 * r['mfu']:.1f}% ({r['tokens_per_s_steady']:,.0f} tok/s)", ">= 40% on a GPU" if on_gpu else "",
+            r["mfu"] >= 0.4 if on_gpu else None)
     orch = sections.get("orchestration", {}).get("tables", {})
     for r in orch.get("per_stage", []):
         add(f"Platform overhead per stage, {r['launcher']} launcher", f"{r['overhead_s']:.2f} s (median)",

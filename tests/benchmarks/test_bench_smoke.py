@@ -67,6 +67,9 @@ def test_other_sections_hold_their_measurements(smoke_report):
     m = s["mstep"]["tables"]["mstep"][0]
     assert m["achieved_flops_per_s"] == pytest.approx(6 * m["params"] * m["tokens_per_s"])
     assert 0 < m["fraction_of_peak"] < 1
+    (paper,) = s["mstep"]["tables"]["paper_model"]  # the paper's model shape, shrunk on CPU; full size on a GPU
+    assert paper["mfu"] == pytest.approx(6 * paper["params"] * paper["tokens_per_s_steady"] / paper["peak_flops_per_s"])
+    assert 0 < paper["mfu"] < 1
     per_stage = {r["launcher"]: r for r in s["orchestration"]["tables"]["per_stage"]}
     assert set(per_stage) >= {"debug", "local"}
     for r in per_stage.values():
