@@ -115,13 +115,10 @@ def measure_model(name: str, model: torch.nn.Module, tok: Any, work: Workload) -
     sampling = []
     for k in KS:
         n_tok = len(work.prompts) * k * work.max_tokens
-
-        def batched() -> int:
-            res = sampler.sample(work.prompts, n=k, max_tokens=work.max_tokens, stop_token_id=None, seed=1)
-            return sum(len(s.token_ids) for row in res for s in row)
-
-        naive_t, hf_t = paired_times(lambda: naive_generate(model, work.prompts, k, work.max_tokens, pad), batched,
-                                     work.repeat)
+        naive_t, hf_t = paired_times(
+            lambda: naive_generate(model, work.prompts, k, work.max_tokens, pad),
+            lambda: sampler.sample(work.prompts, n=k, max_tokens=work.max_tokens, stop_token_id=None, seed=1),
+            work.repeat)
         naive_s, hf_s = statistics.median(naive_t), statistics.median(hf_t)
         common = {"model": name, "k": k, "prompts": len(work.prompts), "max_tokens": work.max_tokens, "tokens": n_tok}
         sampling.append({**common, "backend": "naive_generate", "seconds": naive_s, "tokens_per_s": n_tok / naive_s,
