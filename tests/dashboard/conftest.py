@@ -5,7 +5,6 @@ tests/conftest.py; $PLATFORM_FIXTURE_RESULTS may name one built earlier). A synt
 mimics a larger sweep (tests/dashboard/synthetic.py) serves the pure table functions.
 """
 
-import os
 from pathlib import Path
 
 import pytest

@@ -1,7 +1,6 @@
 """The E-step: exact scoring structure, resampling, determinism, shards, merge and resume."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

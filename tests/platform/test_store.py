@@ -7,7 +7,7 @@ import time
 import duckdb
 
 from platform.ingest import ingest_runs
-from platform.store import connect, db_path, writer
+from platform.store import db_path, writer
 from tests.platform.conftest import TOY_ENV, run_cli
 
 

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import duckdb
-import pytest
 
 from tests.platform.conftest import ROOT, TOY_ENV, run_cli
 

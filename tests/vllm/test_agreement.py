@@ -25,7 +25,6 @@ from experiments.docstore import save_docs  # noqa: E402
 from experiments.samplers import Sampler  # noqa: E402
 from experiments.samplers.vllm import VLLMSampler  # noqa: E402
 from experiments.tokens import EOL  # noqa: E402
-from platform.stage import StageContext  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TOL = 1e-3
