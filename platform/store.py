@@ -58,15 +58,28 @@ def writer(results: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
         con.close()
 
 
-def query_df(results_or_db: str | Path, sql: str, params: list | None = None):
-    """Run one read-only query and return a DataFrame (fully fetched: DuckDB 2.x trap)."""
+def _read_only(results_or_db: str | Path) -> duckdb.DuckDBPyConnection:
     path = Path(results_or_db)
     if path.is_dir():
         path = db_path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no results database yet (run a sweep, or python -m platform.ingest)")
-    con = connect(path, read_only=True)
+    return connect(path, read_only=True)
+
+
+def query_df(results_or_db: str | Path, sql: str, params: list | None = None):
+    """Run one read-only query and return a DataFrame (fully fetched: DuckDB 2.x trap)."""
+    con = _read_only(results_or_db)
     try:
         return con.execute(sql, params or []).fetchdf()
+    finally:
+        con.close()
+
+
+def query_rows(results_or_db: str | Path, sql: str, params: list | None = None) -> list[tuple]:
+    """Run one read-only query and return its rows as tuples."""
+    con = _read_only(results_or_db)
+    try:
+        return con.execute(sql, params or []).fetchall()
     finally:
         con.close()

@@ -3,16 +3,12 @@
 import json
 from pathlib import Path
 
-import duckdb
 import pytest
 
+from platform.store import query_rows
 
-def q(results: Path, sql: str):
-    con = duckdb.connect(str(results / "platform.duckdb"), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
+
+q = query_rows
 
 
 def test_all_three_kinds_ran_and_were_recorded(real_results):

@@ -21,9 +21,9 @@ import time
 import uuid
 from pathlib import Path
 
-import duckdb
 import pytest
 
+from platform.store import query_rows
 from tests.launchers.test_slurm import _cluster_answer
 from tests.platform.conftest import ROOT, TOY_ENV, run_cli
 from tests.realrun import TINY
@@ -59,11 +59,7 @@ def _cli(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedP
 
 
 def _q(results: Path, sql: str, *params) -> list[tuple]:
-    con = duckdb.connect(str(results / "platform.duckdb"), read_only=True)
-    try:
-        return con.execute(sql, list(params)).fetchall()
-    finally:
-        con.close()
+    return query_rows(results, sql, list(params))
 
 
 _FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "REQUEUED", "NODE_FAIL", "OUT_OF_MEMORY"}

@@ -7,16 +7,12 @@ import time
 import duckdb
 
 from platform.ingest import ingest_runs
-from platform.store import db_path, writer
+from platform.store import db_path, query_rows, writer
 from tests.platform.conftest import TOY_ENV, run_cli
 
 
 def _count(res, table):
-    con = duckdb.connect(str(db_path(res)), read_only=True)
-    try:
-        return con.execute(f"select count(*) from {table}").fetchone()[0]
-    finally:
-        con.close()
+    return query_rows(res, f"select count(*) from {table}")[0][0]
 
 
 def test_ingesting_twice_adds_no_row(tmp_path):
@@ -101,11 +97,7 @@ def test_a_store_and_runs_from_before_chunk_text_are_upgraded(tmp_path):
     (run / "stages.jsonl").write_text(json.dumps({"key": "k1", "stage": "estep", "iteration": 1, "status": "completed",
                                                    "artifact_dir": str(art)}) + "\n")
     ingest_runs(res)
-    con = duckdb.connect(str(db_path(res)), read_only=True)
-    try:
-        rows = con.execute("select run_id, chunk_text, finished from estep_samples order by run_id").fetchall()
-        shards = con.execute("select shard, job_id, wall_s, flops from shards order by shard").fetchall()
-    finally:
-        con.close()
+    rows = query_rows(res, "select run_id, chunk_text, finished from estep_samples order by run_id")
+    shards = query_rows(res, "select shard, job_id, wall_s, flops from shards order by shard")
     assert rows == [("new", None, None), ("old", None, None)]
     assert shards == [(0, "7_0", 1.5, 100.0), (1, "7_1", 2.5, 100.0)]

@@ -8,17 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-import duckdb
-
+from platform.store import query_rows
 from tests.platform.conftest import ROOT, TOY_ENV, run_cli
 
 
-def _q(results: Path, sql: str):
-    con = duckdb.connect(str(results / "platform.duckdb"), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
+_q = query_rows
 
 
 def _calls(results: Path) -> list[dict]:
