@@ -18,11 +18,16 @@ def load(argv: Optional[Sequence[str]]) -> Composed:
     return compose_config(list(sys.argv[1:] if argv is None else argv), rules=tuple(app.RULES))
 
 
-def main_guard(fn: Callable[[Composed], int | None], argv: Optional[Sequence[str]] = None) -> int:
-    # started in the background, SIGINT may be ignored and local jobs inherit that: submitit cancels
-    # local jobs with SIGINT, so give them the default disposition back
+def restore_default_sigint() -> None:
+    """Started in the background (nohup, `&`, some CI runners), a process has SIGINT ignored and its
+    children inherit that; submitit cancels local jobs with SIGINT, so give the default back. Call it
+    from the main thread of a process that will start local jobs."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def main_guard(fn: Callable[[Composed], int | None], argv: Optional[Sequence[str]] = None) -> int:
+    restore_default_sigint()
     try:
         composed = load(argv)
     except ConfigError as exc:
