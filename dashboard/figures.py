@@ -95,11 +95,16 @@ def across_iterations(
     return fig
 
 
+def _compact(fig: go.Figure, height: int = 340) -> go.Figure:
+    """The small-multiples layout every page uses: fixed height, thin margins."""
+    fig.update_layout(height=height, margin=dict(t=50, l=50, r=20, b=40))
+    return fig
+
+
 def runs_by_kind(runs: pd.DataFrame) -> go.Figure:
     counts = runs.groupby(["kind", "status"], dropna=False).size().reset_index(name="runs")
     fig = px.bar(counts, x="kind", y="runs", color="status", barmode="stack", title="Runs by kind and status")
-    fig.update_layout(height=320, margin=dict(t=50, l=50, r=20, b=40))
-    return fig
+    return _compact(fig, 320)
 
 
 def trial_objectives(trials: pd.DataFrame) -> go.Figure:
@@ -108,23 +113,24 @@ def trial_objectives(trials: pd.DataFrame) -> go.Figure:
     done["objective 0"] = [v[0] if len(v) else None for v in done["values"]]
     fig = px.scatter(done, x="number", y="objective 0", color="study", hover_data=["state", "params"],
                      title="Trials: first objective by trial number")
-    fig.update_layout(height=320, margin=dict(t=50, l=50, r=20, b=40))
-    return fig
+    return _compact(fig, 320)
+
+
+def _histogram_by_iteration(samples: pd.DataFrame, column: str, title: str) -> go.Figure:
+    fig = px.histogram(samples, x=column, color=samples["iteration"].astype(str), barmode="overlay",
+                       opacity=0.6, nbins=40, labels={"color": "iteration"}, title=title)
+    return _compact(fig)
 
 
 def logw_histogram(samples: pd.DataFrame) -> go.Figure:
-    fig = px.histogram(samples, x="log_w", color=samples["iteration"].astype(str), barmode="overlay",
-                       opacity=0.6, nbins=40, labels={"color": "iteration"}, title="log w by iteration")
-    fig.update_layout(height=340, margin=dict(t=50, l=50, r=20, b=40))
-    return fig
+    return _histogram_by_iteration(samples, "log_w", "log w by iteration")
 
 
 def ess_by_iteration(stats: pd.DataFrame) -> go.Figure:
     """Per-chunk effective sample size (1 = one sample takes all the weight, K = uniform)."""
     fig = px.box(stats, x=stats["iteration"].astype(str), y="ess", points="outliers",
                  labels={"x": "iteration", "ess": "effective sample size"}, title="ESS per chunk")
-    fig.update_layout(height=340, margin=dict(t=50, l=50, r=20, b=40))
-    return fig
+    return _compact(fig)
 
 
 def elbo_by_iteration(elbo: pd.DataFrame) -> go.Figure:
@@ -132,15 +138,11 @@ def elbo_by_iteration(elbo: pd.DataFrame) -> go.Figure:
     fig = px.line(elbo.sort_values("iteration"), x="iteration", y="value", color="name", markers=True,
                   title="ELBO_1/2/4 by iteration")
     fig.update_xaxes(dtick=1)
-    fig.update_layout(height=340, margin=dict(t=50, l=50, r=20, b=40))
-    return fig
+    return _compact(fig)
 
 
 def thought_lengths(samples: pd.DataFrame) -> go.Figure:
-    fig = px.histogram(samples, x="thought_tokens", color=samples["iteration"].astype(str), barmode="overlay",
-                       opacity=0.6, nbins=40, labels={"color": "iteration"}, title="Thought length (tokens)")
-    fig.update_layout(height=340, margin=dict(t=50, l=50, r=20, b=40))
-    return fig
+    return _histogram_by_iteration(samples, "thought_tokens", "Thought length (tokens)")
 
 
 def shard_walls(shards: pd.DataFrame) -> go.Figure:
@@ -149,8 +151,7 @@ def shard_walls(shards: pd.DataFrame) -> go.Figure:
                  labels={"color": "iteration", "wall_s": "wall (s)"}, title="E-step shards: wall time",
                  hover_data=["job_id", "host", "tokens_out"])
     fig.update_xaxes(dtick=1)
-    fig.update_layout(height=340, margin=dict(t=50, l=50, r=20, b=40))
-    return fig
+    return _compact(fig)
 
 
 def selected_index(samples: pd.DataFrame) -> go.Figure:
@@ -160,8 +161,7 @@ def selected_index(samples: pd.DataFrame) -> go.Figure:
     fig = px.bar(counts, x="sample_idx", y="chunks", color=counts["iteration"].astype(str), barmode="group",
                  labels={"color": "iteration"}, title="Index of the selected sample")
     fig.update_xaxes(dtick=1)
-    fig.update_layout(height=340, margin=dict(t=50, l=50, r=20, b=40))
-    return fig
+    return _compact(fig)
 
 
 def chunk_weights(doc: pd.DataFrame) -> go.Figure:
