@@ -18,6 +18,7 @@ that.) Gumbel-max over logits / T is an exact draw from softmax(logits / T).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import struct
 from pathlib import Path
@@ -158,7 +159,9 @@ class HFSampler:
         lp_buf = torch.zeros((rows, max_tokens), dtype=torch.float32, device=dev)
         length = torch.zeros(rows, dtype=torch.long, device=dev)
         finished = torch.zeros(rows, dtype=torch.bool, device=dev)
-        with attention_implementation(self.model, "shared_prompt_decode"):
+        # only the transformers path reads the registered attention; the fused step calls it directly
+        fallback = self.decode_step is None
+        with attention_implementation(self.model, "shared_prompt_decode") if fallback else contextlib.nullcontext():
             for step in range(max_tokens):
                 logits = logits.float()
                 tok = choose_tokens(logits, temperature, keys, step)
@@ -175,7 +178,7 @@ class HFSampler:
                     own.batch_select_indices(sel)
                     prompts_kv.select(sel)
                     alive, tok, keys, next_pos = alive[sel], tok[sel], keys[sel], next_pos[sel]
-                if self.decode_step is not None:
+                if not fallback:
                     logits = self.decode_step.step(tok, next_pos[:, 0], own.layers, prompts_kv)
                 else:
                     logits = self.model(
