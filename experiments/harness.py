@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import yaml
+
 from experiments.corpus import Problem
 from experiments.formats import answer_prefix, eval_prompt
 
@@ -35,22 +37,21 @@ def write_local_task(problems: Sequence[Problem], latent: bool, out_dir: str | P
     # raw: the generation is the number after "Answer:"; latent: find it after the thought
     pattern = f"{answer_prefix()}\\s*({_NUMBER})" if latent else f"({_NUMBER})"
     max_tokens = max_new_tokens + (max_thought_tokens + 1 if latent else 0)
-    (folder / f"{LOCAL_TASK}.yaml").write_text(
-        f"task: {LOCAL_TASK}\n"
-        "dataset_path: json\n"
-        f"dataset_kwargs:\n  data_files:\n    test: {json.dumps(str(data))}\n"
-        "test_split: test\n"
-        "output_type: generate_until\n"
-        'doc_to_text: "{{prompt}}"\n'
-        'doc_to_target: "{{answer}}"\n'
-        "target_delimiter: \"\"\n"
-        f"generation_kwargs:\n  until: [\"\\n\"]\n  do_sample: false\n  max_gen_toks: {max_tokens}\n"
-        "filter_list:\n  - name: answer\n    filter:\n"
-        f"      - function: regex\n        regex_pattern: {json.dumps(pattern)}\n"
-        "      - function: take_first\n"
-        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n",
-        encoding="utf-8",
-    )
+    task = {
+        "task": LOCAL_TASK,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "test_split": "test",
+        "output_type": "generate_until",
+        "doc_to_text": "{{prompt}}",
+        "doc_to_target": "{{answer}}",
+        "target_delimiter": "",
+        "generation_kwargs": {"until": ["\n"], "do_sample": False, "max_gen_toks": max_tokens},
+        "filter_list": [{"name": "answer", "filter": [{"function": "regex", "regex_pattern": pattern},
+                                                     {"function": "take_first"}]}],
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+    }
+    (folder / f"{LOCAL_TASK}.yaml").write_text(yaml.safe_dump(task, sort_keys=False), encoding="utf-8")
     return folder
 
 
