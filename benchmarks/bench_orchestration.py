@@ -33,14 +33,11 @@ def sleep_stage(ctx: Any) -> dict[str, Any]:
     return {"tokens_in": 0, "tokens_out": 0, "flops": 0.0}
 
 
-def launcher_config(variant: str) -> dict[str, Any]:
-    """conf/launcher/<name>.yaml as the sweep would use it; ``name@P`` overrides poll_interval_s with P."""
+def launcher_config(name: str) -> dict[str, Any]:
+    """conf/launcher/<name>.yaml as the sweep would use it."""
     import yaml
 
-    name, _, poll = variant.partition("@")
     cfg = yaml.safe_load((ROOT / "conf" / "launcher" / f"{name}.yaml").read_text())
-    if poll:
-        cfg["poll_interval_s"] = float(poll)
     if name == "slurm":  # this stage needs one CPU and no GPU; the cluster here has 2 CPUs in all
         cfg["profiles"] = {"default": {**cfg["profiles"]["default"], "cpus_per_task": 1, "timeout_min": 5}}
     return cfg
@@ -88,7 +85,7 @@ def measure_launcher(launcher: str, repeat: int, sleep_s: float, timeout_s: floa
         row[key] = statistics.median(r[key] for r in runs)
     row["overhead_max_s"] = max(r["overhead_s"] for r in runs)
     row["poll_s"] = runs[0]["poll_s"]
-    row["target_s"] = TARGETS_S[launcher.partition("@")[0]]
+    row["target_s"] = TARGETS_S[launcher]
     row["target_met"] = row["overhead_s"] <= row["target_s"]
     return row
 
