@@ -57,13 +57,19 @@ def test_failing_and_nan_trials_are_fail_with_their_error_and_the_sweep_goes_on(
     assert "NaN" in _q(tmp_path / "n", "select error from trials")[0][0]
 
 
-def test_median_pruner_prunes_and_records_pruned(tmp_path):
-    res = tmp_path / "r"
-    args = [f"paths.results={res}", "sweep.pruner=median", "sweep.n_trials=6", "sweep.parallel=1", "work.iterations=3",
-            "sweep.sampler=grid", "sweep.search_space={work.x: {type: categorical, choices: [0.3, 0.35, 0.9, 0.95, 1.0, 0.99]}}"]
+def _pruned_grid_states(res: Path, xs: list[float], iterations: int) -> list[str]:
+    """Trial states of a one-at-a-time grid sweep over ``work.x`` with the median pruner."""
+    args = [f"paths.results={res}", "sweep.pruner=median", f"sweep.n_trials={len(xs)}", "sweep.parallel=1",
+            f"work.iterations={iterations}", "sweep.sampler=grid",
+            f"sweep.search_space={{work.x: {{type: categorical, choices: {xs}}}}}"]
     out = run_cli("platform.sweep", *args, env=TOY_ENV)
     assert out.returncode == 0, out.stderr
-    states = [r[0] for r in _q(res, "select state from trials order by number")]
+    return [r[0] for r in _q(res, "select state from trials order by number")]
+
+
+def test_median_pruner_prunes_and_records_pruned(tmp_path):
+    res = tmp_path / "r"
+    states = _pruned_grid_states(res, [0.3, 0.35, 0.9, 0.95, 1.0, 0.99], iterations=3)
     assert states[:2] == ["COMPLETE", "COMPLETE"] and "PRUNED" in states, states
     assert ("pruned",) in _q(res, "select distinct status from runs")
 
@@ -100,9 +106,4 @@ def test_kill_9_mid_trial_then_rerun_recomputes_nothing_and_duplicates_no_row(tm
 
 
 def test_a_trial_is_never_pruned_at_its_last_evaluation(tmp_path):
-    res = tmp_path / "r"
-    args = [f"paths.results={res}", "sweep.pruner=median", "sweep.n_trials=4", "sweep.parallel=1", "work.iterations=1",
-            "sweep.sampler=grid", "sweep.search_space={work.x: {type: categorical, choices: [0.3, 0.9, 0.95, 1.0]}}"]
-    out = run_cli("platform.sweep", *args, env=TOY_ENV)
-    assert out.returncode == 0, out.stderr
-    assert [r[0] for r in _q(res, "select state from trials order by number")] == ["COMPLETE"] * 4
+    assert _pruned_grid_states(tmp_path / "r", [0.3, 0.9, 0.95, 1.0], iterations=1) == ["COMPLETE"] * 4
