@@ -111,10 +111,6 @@ def wrap_model(model: torch.nn.Module, env: DistEnv) -> torch.nn.Module:
     return DDP(model, device_ids=ids)
 
 
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)
-
-
 def shard_for_rank(items: Sequence[T], env: DistEnv) -> Sequence[T]:
     """This rank's share of a global batch, DistributedSampler-style (strided: rank, rank+W, ...)."""
     if len(items) % env.world_size:

@@ -53,10 +53,6 @@ def register_checkpoint_hook(fn: Callable[[], None]) -> Callable[[], None]:
     return fn
 
 
-def clear_checkpoint_hooks() -> None:
-    _CHECKPOINT_HOOKS.clear()
-
-
 def _task_rank() -> tuple[int, int]:
     """(global rank, number of tasks) of this process in its submitit job; (0, 1) outside one."""
     import submitit
