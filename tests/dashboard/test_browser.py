@@ -1,10 +1,12 @@
 """End to end in a real headless Chromium: `streamlit run` on 127.0.0.1, every page opened, its
 charts found, a screenshot of each saved to screenshots/ (git-ignored) for a person to look at.
 
-Needs Debian's chromium and the playwright package: scripts/install_browser.sh.
+Needs Debian's chromium (found on PATH, or named by $CHROMIUM) and the playwright package:
+scripts/install_browser.sh. Where either is missing the module skips and says which.
 """
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium")
 SHOTS = ROOT / "screenshots"
 # url path -> page title; a deep link first: a fresh server must still route it through app.py
 PAGES = {"iterations": "Across iterations", "": "Overview", "sweep": "Sweep analysis",
@@ -27,14 +29,17 @@ def expected_charts(path: str, facts: dict) -> int:
     return {"iterations": 1, "": 1 + facts["has_trial_values"], "sweep": 1 if facts["studies"] and facts["complete_trials"] else 0,
             "estep": (5 + facts["has_shards"]) * facts["has_estep"], "thoughts": 1 * facts["has_estep"], "sql": 0}[path]
 
-pytestmark = pytest.mark.browser
 try:
     from playwright.sync_api import sync_playwright
 except ImportError:  # pragma: no cover - depends on the machine
     sync_playwright = None
-if sync_playwright is None or not os.path.exists(CHROMIUM):
-    pytestmark = [pytest.mark.browser, pytest.mark.skip(
-        reason=f"needs {CHROMIUM} and the playwright package: run scripts/install_browser.sh")]
+_MISSING = [what for what, absent in [
+    ("the playwright package", sync_playwright is None),
+    (f"chromium (CHROMIUM={CHROMIUM})" if os.environ.get("CHROMIUM") else "chromium on PATH",
+     CHROMIUM is None or not os.access(CHROMIUM, os.X_OK)),
+] if absent]
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(
+    bool(_MISSING), reason=f"no browser here: needs {' and '.join(_MISSING)} (run scripts/install_browser.sh)")]
 
 
 def free_port() -> int:

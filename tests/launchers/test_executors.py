@@ -1,4 +1,10 @@
-"""Launcher config -> submitit executor: validation errors and the resources that reach sbatch."""
+"""Launcher config -> submitit executor: validation errors and the resources that reach sbatch.
+
+The SLURM executor is built without a cluster the way submitit's own tests build it:
+``submitit.slurm.test_slurm.mocked_slurm`` (submitit's ``MockedSubprocess``) makes ``srun`` look
+present and answers ``sbatch``/``sacct``/``scancel`` in-process, so these tests run on any machine.
+The launcher against a real cluster is tests/launchers/test_slurm.py.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import submitit
+from submitit.slurm.test_slurm import mocked_slurm
 
 from launchers.executors import (
     LAUNCHER_KEYS,
@@ -42,10 +49,21 @@ def test_misspelled_launcher_key_and_unknown_profile_and_name():
     assert set(LAUNCHER_KEYS) >= {"name", "profiles", "max_parallel_jobs", "max_num_timeout"}
 
 
-def test_requeues_after_a_time_out_are_configurable(tmp_path):
+@pytest.fixture
+def fake_slurm():
+    """submitit's stand-in for a SLURM cluster (no srun/sbatch needed), as in submitit's test suite."""
+    with mocked_slurm() as mock:
+        yield mock
+
+
+def test_requeues_after_a_time_out_are_configurable(tmp_path, fake_slurm):
     assert build_executor({"name": "slurm"}, tmp_path).max_num_timeout == 3  # submitit's own default
     assert build_executor({"name": "slurm", "max_num_timeout": 0}, tmp_path).max_num_timeout == 0
     assert build_executor({"name": "local", "max_num_timeout": 7}, tmp_path).max_num_timeout == 7
+    # and it reaches the submitted job: the countdown of requeues its pickle carries to the node
+    job = build_executor({"name": "slurm", "max_num_timeout": 1}, tmp_path / "logs").submit(int, "5")
+    assert job.job_id == fake_slurm.last_job
+    assert submitit.core.utils.DelayedSubmission.load(job.paths.submitted_pickle)._timeout_countdown == 1
 
 
 def test_dataclass_config_is_accepted_and_defaults_fill_partial_profiles():
@@ -67,7 +85,7 @@ def test_cluster_is_chosen_by_name_not_by_what_is_on_path(tmp_path):
         build_executor({"name": "local", "profiles": {"default": {"nodes": 2}}}, tmp_path)
 
 
-def test_slurm_profile_reaches_the_sbatch_script(tmp_path):
+def test_slurm_profile_reaches_the_sbatch_script(tmp_path, fake_slurm):
     cfg = {
         "name": "slurm",
         "partition": "gpu",
@@ -81,9 +99,7 @@ def test_slurm_profile_reaches_the_sbatch_script(tmp_path):
     }
     ex = build_executor(cfg, tmp_path / "logs", "mstep")
     assert isinstance(ex, submitit.SlurmExecutor)
-    text = ex._make_submission_file_text("python -u -m submitit.core._submit X", "uid")
-    lines = set(text.splitlines())
-    for expected in [
+    expected = [
         "#SBATCH --time=240",
         "#SBATCH --nodes=2",
         "#SBATCH --ntasks-per-node=4",
@@ -96,11 +112,20 @@ def test_slurm_profile_reaches_the_sbatch_script(tmp_path):
         "#SBATCH --constraint=a100",
         "#SBATCH --signal=USR2@120",
         "module load cuda",
-    ]:
-        assert expected in lines, f"{expected!r} missing from:\n{text}"
-    assert f"#SBATCH --output={tmp_path}/logs/%j/%j_0_log.out" in lines
-    assert f'export PYTHONPATH={REPO_ROOT}"${{PYTHONPATH:+:$PYTHONPATH}}"' in lines
+        f"#SBATCH --output={tmp_path}/logs/%j/%j_0_log.out",
+        f'export PYTHONPATH={REPO_ROOT}"${{PYTHONPATH:+:$PYTHONPATH}}"',
+    ]
+    text = ex._make_submission_file_text("python -u -m submitit.core._submit X", "uid")
+    lines = set(text.splitlines())
+    for line in expected:
+        assert line in lines, f"{line!r} missing from:\n{text}"
     assert ex.parameters["array_parallelism"] == 3
+    # a real submission (to the mocked sbatch) writes the same lines into the job's script
+    job = ex.submit(int, "5")
+    assert job.job_id == fake_slurm.last_job
+    written = job.paths.submission_file.read_text()
+    for line in expected:
+        assert line in written.splitlines(), f"{line!r} missing from:\n{written}"
 
 
 def test_signal_delay_scales_with_short_limits():

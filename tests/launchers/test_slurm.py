@@ -19,10 +19,16 @@ TOY = "tests.launchers.toy_stages"
 REPO_PLATFORM = str(Path(platform.__file__).resolve().parent)
 
 
+# what these tests and the pipeline tests call, directly or through submitit (which needs srun)
+SLURM_COMMANDS = ("sinfo", "sbatch", "srun", "sacct", "scancel", "squeue", "scontrol")
+
+
 def _cluster_answer() -> str | None:
     """None when a SLURM node is ready for jobs, else why the tests skip."""
-    if shutil.which("sinfo") is None:
-        return "no SLURM here: `sinfo` is not on PATH (start one with scripts/slurm/start.sh)"
+    missing = [cmd for cmd in SLURM_COMMANDS if shutil.which(cmd) is None]
+    if missing:
+        return (f"no SLURM here: {', '.join(f'`{c}`' for c in missing)} not on PATH "
+                "(start a cluster with scripts/slurm/start.sh)")
     try:
         out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
     except subprocess.TimeoutExpired:

