@@ -32,16 +32,18 @@ _FORCE_REFRESH_S = 1.0  # at most one forced `sacct` per second, whatever poll_s
 
 
 class StageJobError(RuntimeError):
-    """A job of a stage failed; ``traceback`` is the remote traceback (or SLURM's reason)."""
+    """A job of a stage failed; ``traceback`` is the remote traceback (or SLURM's reason), ``log``
+    the job's stderr file, which holds it too."""
 
-    def __init__(self, job_id: str, traceback_text: str, state: str = "FAILED"):
+    def __init__(self, job_id: str, traceback_text: str, state: str = "FAILED", log: Optional[str] = None):
         self.job_id = str(job_id)
         self.traceback = traceback_text
         self.state = state
+        self.log = log
         super().__init__(f"job {self.job_id} {state.lower()}:\n{traceback_text}")
 
     def __reduce__(self):  # keep job_id/traceback when pickled across processes
-        return (StageJobError, (self.job_id, self.traceback, self.state))
+        return (StageJobError, (self.job_id, self.traceback, self.state, self.log))
 
 
 def submit_stage(
@@ -151,7 +153,7 @@ def _finish(job: submitit.Job) -> Any:
         exc = job.exception()  # runs it in-process; DebugJob.results() would open pdb on failure
         if exc is not None:
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            raise StageJobError(job.job_id, tb)
+            raise StageJobError(job.job_id, tb, log=_write_debug_log(job, tb))
         return job.results()[0]
     state = job_state(job)
     if state in _NO_RESULT_STATES and not job.paths.result_pickle.exists():
@@ -160,8 +162,22 @@ def _finish(job: submitit.Job) -> Any:
     if exc is not None:
         # a Python exception in the job is FAILED; a job that left no result says why (CANCELLED, TIMEOUT...)
         ended_without_result = isinstance(exc, UncompletedJobError) and state not in _UNFINISHED | {"COMPLETED"}
-        raise StageJobError(job.job_id, _remote_trace(exc), state if ended_without_result else "FAILED")
+        raise StageJobError(job.job_id, _remote_trace(exc), state if ended_without_result else "FAILED",
+                            log=str(job.paths.stderr))
     return job.results()[0]
+
+
+def _write_debug_log(job: DebugJob, tb: str) -> Optional[str]:
+    """A debug job runs in the driver and leaves no log of its own: keep its traceback where a
+    local or SLURM job's stderr would be."""
+    try:
+        path = Path(job.paths.stderr)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(tb)
+        return str(path)
+    except OSError:
+        return None
 
 
 def wait_jobs(

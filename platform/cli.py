@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from platform.app import load_app
 from platform.compose import Composed, compose_config
+from platform.orchestrator import StageFailed
 from platform.validate import ConfigError
 
 
@@ -36,4 +37,14 @@ def main_guard(fn: Callable[[Composed], int | None], argv: Optional[Sequence[str
     if composed.print_cfg:
         print(OmegaConf.to_yaml(composed.raw))
         return 0
-    return fn(composed) or 0
+    try:
+        return fn(composed) or 0
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StageFailed as exc:
+        if exc.known is None:
+            raise  # not an error a stage raises on purpose: a bug, keep its traceback
+        # one line; the traceback is in the job's log and in runs/<id>/run.json
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

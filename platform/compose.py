@@ -6,8 +6,10 @@ working-directory change, no ``outputs/`` folder) and validation must list every
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from platform.validate import ConfigError, validate
@@ -106,10 +108,85 @@ def compose_config(
         raise ConfigError([str(exc).strip().splitlines()[0]]) from None
     finally:
         GlobalHydra.instance().clear()
-    OmegaConf.resolve(raw)
-    typed = validate(raw, schema_cls, rules)
+    env_vars = _env_vars(raw)
+    problems = _resolve_fields(raw, env_vars)
+    try:
+        typed = validate(raw, schema_cls, rules)
+    except ConfigError as exc:
+        failed = {p.split(":", 1)[0] for p in problems}
+        problems += [p for p in exc.problems if p.split(":", 1)[0] not in failed]
+    if problems:
+        raise ConfigError([_with_env_hint(p, env_vars) for p in problems])
     full = OmegaConf.create(to_dict(typed))  # every field, defaults included: what a run records
     return Composed(cfg=typed, raw=full, overrides=args, print_cfg=print_cfg)
+
+
+_ENV_RE = re.compile(r"oc\.env:\s*['\"]?([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _leaves(node: Any, prefix: str = "") -> list[tuple[Any, Any, str]]:
+    """(parent, key, dotted path) of every value of a DictConfig/ListConfig, depth first, unresolved."""
+    out = []
+    keys = range(len(node)) if isinstance(node, ListConfig) else list(node.keys())
+    for key in keys:
+        if isinstance(node, ListConfig):
+            path = f"{prefix}[{key}]"
+        else:
+            path = f"{prefix}.{key}" if prefix else str(key)
+        child = node._get_node(key)
+        if not OmegaConf.is_interpolation(node, key) and isinstance(child, (DictConfig, ListConfig)) \
+                and not child._is_none() and not child._is_missing():
+            out += _leaves(child, path)
+        else:
+            out.append((node, key, path))
+    return out
+
+
+def _env_vars(raw: DictConfig) -> dict[str, list[str]]:
+    """Field -> the environment variables its interpolation reads (``${oc.env:TINYLLAMA_PATH}``)."""
+    found = {}
+    for node, key, path in _leaves(raw):
+        if OmegaConf.is_interpolation(node, key):
+            names = _ENV_RE.findall(str(node._get_node(key)._value()))
+            if names:
+                found[path] = names
+    return found
+
+
+def _resolve_fields(raw: DictConfig, env_vars: dict[str, list[str]]) -> list[str]:
+    """Resolve every interpolation in place, field by field. A field that does not resolve (an unset
+    environment variable, a key that does not exist) becomes null and one problem naming it, so
+    validation goes on and reports everything else too."""
+    problems = []
+    for node, key, path in _leaves(raw):
+        if not OmegaConf.is_interpolation(node, key):
+            continue
+        expr = str(node._get_node(key)._value())
+        try:
+            value = node[key]
+        except OmegaConfBaseException as exc:
+            unset = [v for v in env_vars.get(path, []) if v not in os.environ]
+            if unset:
+                problems.append(f"{path}: environment variable {unset[0]} is not set (from {expr}); set "
+                                f"{path}=... on the command line or export {unset[0]}")
+            else:
+                reason = str(exc).strip().splitlines()[0]
+                problems.append(f"{path}: cannot resolve {expr}: {reason}")
+            value = None
+        with open_dict(node) if isinstance(node, DictConfig) else contextlib.nullcontext():
+            node[key] = value
+    return problems
+
+
+def _with_env_hint(problem: str, env_vars: dict[str, list[str]]) -> str:
+    """A problem of a field that an environment variable sets says which variable."""
+    field = problem.split(":", 1)[0]
+    names = [v for v in env_vars.get(field, []) if v not in problem]
+    if not names:
+        return problem
+    if names[0] in os.environ:
+        return f"{problem}; the value came from the environment variable {names[0]}"
+    return f"{problem}; the environment variable {names[0]} (unset) can also set it"
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

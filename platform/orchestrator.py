@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from platform.failures import known_error
 from platform.plan import Plan
 from platform.rundir import RunDir
 from platform.stage import MARKER, Stage, load_record, shard_dir
@@ -21,10 +22,23 @@ ReportFn = Callable[[Stage, dict[str, float], bool], None]  # (eval stage, its m
 
 
 class StageFailed(RuntimeError):
-    def __init__(self, stage: Stage, detail: str):
+    """A stage's job failed. ``full``: the whole story (the job's traceback). When the job died of a
+    known error (``platform.failures``), ``known`` is its (type name, message) and ``str()`` is one
+    line: the stage, the error and the job's log; otherwise ``str()`` is ``full``."""
+
+    def __init__(self, stage: Stage, detail: str, log: Optional[str] = None,
+                 known: Optional[tuple[str, str]] = None):
         self.stage = stage
         self.detail = detail
-        super().__init__(f"stage {stage.display} (key {stage.key}) failed:\n{detail}")
+        self.log = log
+        self.known = known
+        self.full = f"stage {stage.display} (key {stage.key}) failed:\n{detail}"
+        super().__init__(self.short() if known else self.full)
+
+    def short(self) -> str:
+        kind, message = self.known or ("", self.detail)
+        where = f" (log: {self.log})" if self.log else ""
+        return f"stage {self.stage.display} failed: {kind.rsplit('.', 1)[-1]}: {message}{where}"
 
 
 @dataclass
@@ -123,7 +137,8 @@ class Orchestrator:
                 print(f"[orchestrator] {run.run_id}: {stage.display} job {exc.job_id} lost ({exc.state}); retrying",
                       flush=True)
                 return job_ids + self._submit_and_wait(stage, run, shard_indices, retries_left - 1)
-            raise StageFailed(stage, str(exc)) from None
+            raise StageFailed(stage, str(exc), log=getattr(exc, "log", None),
+                              known=known_error(exc.traceback)) from None
         finally:
             self.active_jobs.pop(run.run_id, None)
         return job_ids

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from platform.app import load_app
 from platform.compose import to_dict
-from platform.orchestrator import Orchestrator, ReportFn
+from platform.orchestrator import Orchestrator, ReportFn, StageFailed
 from platform.rundir import RunDir, git_info
 from platform.validate import validate
 
@@ -51,6 +51,14 @@ def run_id_for(spec: TrialSpec) -> str:
     return f"{spec.cfg.experiment.name}-s{spec.cfg.seed}-{digest}"
 
 
+def _error_text(exc: BaseException) -> str:
+    """What runs.error keeps: the whole failure, the job's traceback included, even when the
+    terminal got the one-line form of a known error."""
+    if isinstance(exc, StageFailed):
+        return f"{type(exc).__module__}.{type(exc).__qualname__}: {exc.full}"
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
 def run_trial(spec: TrialSpec, orchestrator: Orchestrator, report: Optional[ReportFn] = None) -> tuple[str, dict[str, float]]:
     app = load_app()
     cfg = spec.cfg
@@ -69,7 +77,7 @@ def run_trial(spec: TrialSpec, orchestrator: Orchestrator, report: Optional[Repo
     except BaseException as exc:
         pruned = type(exc).__name__ == "TrialPruned"
         status = "pruned" if pruned else ("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
-        error = None if pruned else "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        error = None if pruned else _error_text(exc)
         run.update_meta(status=status, error=error, ended_at=time.time())
         orchestrator.ingest(run_id)
         raise
