@@ -28,11 +28,33 @@ def _ts(t: Optional[float]) -> Optional[datetime]:
 
 
 def _latest_entries(ledger: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The last ledger event per stage key, in first-seen order."""
+    """The last ledger event per stage key, in first-seen order.
+
+    A stage this run computed stays computed: when its last event is a cache hit (a trial that
+    repeated the run's params, a resumed trial passing stages it had finished) the row keeps the
+    event of the completion that did the work, its job ids and wall time, with cached false.
+    """
     last: dict[str, dict[str, Any]] = {}
+    computed: dict[str, dict[str, Any]] = {}
     for entry in ledger:
         last[entry["key"]] = entry
-    return list(last.values())
+        if entry.get("status") == "completed" and entry.get("cached") is False:
+            computed.setdefault(entry["key"], entry)
+    return [computed.get(key, entry) if entry.get("status") == "completed" else entry for key, entry in last.items()]
+
+
+def _model_of(results: Path, entry: dict[str, Any], record: dict[str, Any]) -> tuple[Optional[str], Optional[str]]:
+    """(model_key, model_path) of a stage: the model it read (its input ``model``, as the completion
+    marker records it), else the model/ folder it wrote itself; model_path is relative to ``results``."""
+    source = (record.get("inputs") or {}).get("model")
+    if source:
+        stage, key = source["stage"], source["key"]
+    elif (Path(entry["artifact_dir"]) / "model").is_dir():
+        stage, key = entry["stage"], entry["key"]
+    else:
+        return None, None
+    folder = f"artifacts/{stage}/{key}"
+    return key, f"{folder}/model" if (results / folder / "model").is_dir() else folder
 
 
 def _ingest_run(con: duckdb.DuckDBPyConnection, run_path: Path) -> int:
@@ -51,55 +73,75 @@ def _ingest_run(con: duckdb.DuckDBPyConnection, run_path: Path) -> int:
     )
     ledger = [json.loads(x) for x in (run_path / "stages.jsonl").read_text().splitlines() if x.strip()] \
         if (run_path / "stages.jsonl").exists() else []
+    submitted: dict[str, set[str]] = {}  # per stage key, the job ids this run submitted
+    for entry in ledger:
+        if entry.get("status") == "submitted" and entry.get("job_id"):
+            submitted.setdefault(entry["key"], set()).update(str(entry["job_id"]).split(","))
     rows = 0
     for entry in _latest_entries(ledger):
-        rows += _ingest_stage(con, run_id, entry)
+        rows += _ingest_stage(con, run_id, entry, run_path.parent.parent, submitted.get(entry["key"], set()))
     return rows
 
 
-def _ingest_stage(con: duckdb.DuckDBPyConnection, run_id: str, entry: dict[str, Any]) -> int:
+def _insert(con: duckdb.DuckDBPyConnection, table: str, row: dict[str, Any]) -> None:
+    """INSERT by column name: stores upgraded in place have their added columns last."""
+    con.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+
+
+def _ingest_stage(con: duckdb.DuckDBPyConnection, run_id: str, entry: dict[str, Any], results: Path,
+                  submitted: set[str]) -> int:
     art = Path(entry["artifact_dir"])
     record = json.loads((art / MARKER).read_text()) if (art / MARKER).exists() else {}
+    if entry.get("status") == "completed" and entry.get("cached") and str(record.get("job_id")) in submitted:
+        # this run's own job wrote the marker, but its driver died before recording the completion:
+        # the run that resumed found it cached; the compute is this run's
+        entry = {**entry, "cached": False, "job_id": str(record["job_id"])}
     summary = record.get("summary", {})
     gpus = entry.get("gpus", 0) or 0
     wall = record.get("wall_s") or entry.get("wall_s")
-    con.execute(
-        "INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [run_id, entry["stage"], entry.get("iteration"), entry["key"], entry.get("job_id") or record.get("job_id"),
-         entry.get("status"), entry.get("cached"), _ts(record.get("started_at")), _ts(record.get("ended_at")), wall,
-         summary.get("tokens_in"), summary.get("tokens_out"), summary.get("flops"),
-         (wall or 0) * gpus / 3600.0, str(art)],
-    )
+    model_key, model_path = _model_of(results, entry, record) if record else (None, None)
+    _insert(con, "stages", {
+        "run_id": run_id, "stage": entry["stage"], "iteration": entry.get("iteration"), "cache_key": entry["key"],
+        "job_id": entry.get("job_id") or record.get("job_id"), "status": entry.get("status"),
+        "cached": entry.get("cached"), "started_at": _ts(record.get("started_at")),
+        "ended_at": _ts(record.get("ended_at")), "wall_s": wall, "tokens_in": summary.get("tokens_in"),
+        "tokens_out": summary.get("tokens_out"), "flops": summary.get("flops"),
+        "gpu_hours": (wall or 0) * gpus / 3600.0, "artifact_dir": str(art),
+        "model_key": model_key, "model_path": model_path,
+    })
     if entry.get("status") != "completed":
         return 1
     rows = 1
     metrics = art / "metrics.jsonl"
     if metrics.exists() and metrics.stat().st_size:
         con.execute(
-            "INSERT INTO metrics SELECT ?, ?, ?, name, CAST(step AS BIGINT), CAST(value AS DOUBLE) "
+            "INSERT INTO metrics (run_id, iteration, stage, cache_key, name, step, value) "
+            "SELECT ?, ?, ?, ?, name, CAST(step AS BIGINT), CAST(value AS DOUBLE) "
             "FROM read_json(?, format='newline_delimited', columns={'name': 'VARCHAR', 'step': 'BIGINT', 'value': 'DOUBLE'})",
-            [run_id, entry.get("iteration"), entry["stage"], str(metrics)],
+            [run_id, entry.get("iteration"), entry["stage"], entry["key"], str(metrics)],
         )
     for marker in sorted(art.glob(f"shards/*/{MARKER}")):
         shard = json.loads(marker.read_text())
         part = shard.get("summary", {})
-        con.execute(
-            "INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [run_id, entry["stage"], entry.get("iteration"), entry["key"], shard.get("shard_index"),
-             shard.get("job_id"), shard.get("host"), _ts(shard.get("started_at")), _ts(shard.get("ended_at")),
-             shard.get("wall_s"), part.get("tokens_in"), part.get("tokens_out"), part.get("flops")],
-        )
+        _insert(con, "shards", {
+            "run_id": run_id, "stage": entry["stage"], "iteration": entry.get("iteration"), "cache_key": entry["key"],
+            "shard": shard.get("shard_index"), "job_id": shard.get("job_id"), "host": shard.get("host"),
+            "started_at": _ts(shard.get("started_at")), "ended_at": _ts(shard.get("ended_at")),
+            "wall_s": shard.get("wall_s"), "tokens_in": part.get("tokens_in"), "tokens_out": part.get("tokens_out"),
+            "flops": part.get("flops"), "cached": entry.get("cached"),
+        })
     samples = art / "estep_samples.parquet"
     if samples.exists():
-        # files written before chunk_text / finished existed lack them: NULL there
+        # files written before a column existed lack it: NULL there
         present = {r[0] for r in con.execute("SELECT name FROM parquet_schema(?)", [str(samples)]).fetchall()}
-        optional = ", ".join(c if c in present else f"NULL AS {c}" for c in ("chunk_text", "finished"))
+        late = ("chunk_text", "finished", "annotated", "thought_correct")
+        optional = ", ".join(c if c in present else f"NULL AS {c}" for c in late)
         con.execute(
             "INSERT INTO estep_samples (run_id, iteration, doc_id, chunk_id, sample_idx, thought, thought_tokens, "
-            "log_p_joint, log_q, log_w, selected, model_path, chunk_text, finished) "
+            f"log_p_joint, log_q, log_w, selected, model_path, model_key, {', '.join(late)}) "
             "SELECT ?, ?, doc_id, chunk_id, sample_idx, thought, thought_tokens, "
-            f"log_p_joint, log_q, log_w, selected, ?, {optional} FROM read_parquet(?)",
-            [run_id, entry.get("iteration"), entry.get("model_path"), str(samples)],
+            f"log_p_joint, log_q, log_w, selected, ?, ?, {optional} FROM read_parquet(?)",
+            [run_id, entry.get("iteration"), model_path, model_key, str(samples)],
         )
     return rows
 
@@ -118,17 +160,18 @@ def ingest_study(results: str | Path, study: Any, experiment: str, storage_label
     with writer(results) as con:
         con.execute("DELETE FROM studies WHERE study = ?", [study.study_name])
         con.execute("DELETE FROM trials WHERE study = ?", [study.study_name])
-        con.execute(
-            "INSERT INTO studies VALUES (?, ?, ?, ?, ?, ?)",
-            [study.study_name, experiment, [d.name.lower() for d in study.directions], storage_label,
-             min((t.datetime_start for t in trials if t.datetime_start), default=None), len(trials)],
-        )
+        _insert(con, "studies", {
+            "study": study.study_name, "experiment": experiment, "directions": [d.name.lower() for d in study.directions],
+            "storage": storage_label, "created_at": min((t.datetime_start for t in trials if t.datetime_start), default=None),
+            "n_trials": len(trials), "metric_names": study.metric_names,
+        })
         for t in trials:
-            con.execute(
-                "INSERT INTO trials VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [study.study_name, t.number, t.state.name, json.dumps(t.params), t.values,
-                 t.user_attrs.get("run_id"), t.user_attrs.get("error"), t.datetime_start, t.datetime_complete],
-            )
+            _insert(con, "trials", {
+                "study": study.study_name, "number": t.number, "state": t.state.name, "params": json.dumps(t.params),
+                '"values"': t.values, "run_id": t.user_attrs.get("run_id"), "error": t.user_attrs.get("error"),
+                "started_at": t.datetime_start, "ended_at": t.datetime_complete,
+                "duplicate_of": t.user_attrs.get("duplicate_of"), "cache_hit": t.user_attrs.get("cache_hit"),
+            })
 
 
 def main(argv: Optional[list[str]] = None) -> None:

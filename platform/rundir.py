@@ -49,6 +49,11 @@ class RunDir:
         (self.path / "overrides.yaml").write_text(yaml.safe_dump({"overrides": overrides, "params": meta.get("params", {})}))
         (self.path / "git.json").write_text(json.dumps(git))
         previous = self.read_meta()
+        if previous.get("status") == "completed" and previous.get("trial") is not None:
+            # a trial repeating a finished run's params: the run stays the one that trial produced
+            repeat = [{"study": meta.get("study"), "trial": meta["trial"]}] if meta.get("trial") is not None else []
+            repeats = [*previous.get("repeated_by", []), *repeat]
+            meta = {**meta, "study": previous.get("study"), "trial": previous["trial"], "repeated_by": repeats}
         meta = {**meta, "started_at": previous.get("started_at", time.time()), "status": "running", "error": None}
         self.write_meta(meta)
 

@@ -29,12 +29,33 @@ CREATE TABLE IF NOT EXISTS estep_samples (
 -- Added after the first release: ALTER keeps existing stores working (new columns are NULL for old runs).
 ALTER TABLE estep_samples ADD COLUMN IF NOT EXISTS chunk_text VARCHAR;  -- the chunk X the thought explains
 ALTER TABLE estep_samples ADD COLUMN IF NOT EXISTS finished BOOLEAN;  -- the thought ended with EoL (not cut)
+-- The corpus annotates the chunk with reasoning (embedded: answers); whether the thought is exactly
+-- that reasoning (NULL where the corpus has none to compare with).
+ALTER TABLE estep_samples ADD COLUMN IF NOT EXISTS annotated BOOLEAN;
+ALTER TABLE estep_samples ADD COLUMN IF NOT EXISTS thought_correct BOOLEAN;
+-- Lineage: the checkpoint behind a stage's numbers. For a stage that reads a model (estep, eval: its
+-- input `model`) that model; for one that writes a model/ folder (init_model, mstep) its own. model_key
+-- is that model stage's cache key, model_path its checkpoint folder relative to the results folder
+-- (artifacts/mstep/<key>/model). NULL for stages without a model and for markers written before this.
+ALTER TABLE stages ADD COLUMN IF NOT EXISTS model_key VARCHAR;
+ALTER TABLE stages ADD COLUMN IF NOT EXISTS model_path VARCHAR;
+ALTER TABLE estep_samples ADD COLUMN IF NOT EXISTS model_key VARCHAR;  -- model_path: the sampling checkpoint
+-- The stage (cache key) that wrote the metric: joins a metrics row to its stages row exactly.
+ALTER TABLE metrics ADD COLUMN IF NOT EXISTS cache_key VARCHAR;
+-- The objectives' metric names (accuracy, estep_flops), in the order of directions and trials.values.
+ALTER TABLE studies ADD COLUMN IF NOT EXISTS metric_names VARCHAR[];
+-- A trial whose params repeat an earlier trial's: that trial's number (same run id, same run folder);
+-- cache_hit: every stage of the trial was a cache hit (it computed nothing).
+ALTER TABLE trials ADD COLUMN IF NOT EXISTS duplicate_of INTEGER;
+ALTER TABLE trials ADD COLUMN IF NOT EXISTS cache_hit BOOLEAN;
 -- One row per shard of a sharded stage (E-step): the stages row is the merge, with the shards' compute summed.
 CREATE TABLE IF NOT EXISTS shards (
     run_id VARCHAR, stage VARCHAR, iteration INTEGER, cache_key VARCHAR, shard INTEGER, job_id VARCHAR,
     host VARCHAR, started_at TIMESTAMP, ended_at TIMESTAMP, wall_s DOUBLE, tokens_in BIGINT, tokens_out BIGINT,
     flops DOUBLE
 );
+-- The shards of a stage the run got from the cache: not compute this run spent (as stages.cached).
+ALTER TABLE shards ADD COLUMN IF NOT EXISTS cached BOOLEAN;
 -- Per run and iteration, the eval metrics side by side (accuracy, nll, elbo_k, ess).
 CREATE OR REPLACE VIEW iterations AS
 SELECT r.run_id, r.experiment, r.kind, r.study, r.trial, r.seed, m.iteration,

@@ -39,6 +39,9 @@ class StageContext:
     shard_index: int = 0
     num_shards: int = 1
     seed: int = 0
+    # what each input is: {"model": {"stage": "mstep", "key": ...}}; written into the completion
+    # marker, so a number can be traced to the checkpoint it came from (lineage in DuckDB)
+    input_stages: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         """Append metric rows ``{"name", "step", "value"}`` to this stage's metrics.jsonl."""
@@ -96,6 +99,7 @@ class Stage:
             shard_index=shard_index,
             num_shards=self.num_shards,
             seed=self.seed,
+            input_stages={k: {"stage": s.name, "key": s.key} for k, s in self.inputs.items()},
         )
 
 
@@ -119,7 +123,9 @@ def _job_id() -> str:
     env = os.environ
     if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
         return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    return env.get("SLURM_JOB_ID") or env.get("SUBMITIT_JOB_ID") or str(os.getpid())
+    # a local submitit job: the id the driver got at submission (and wrote to the run's ledger)
+    return (env.get("SLURM_JOB_ID") or env.get("SUBMITIT_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID")
+            or str(os.getpid()))
 
 
 def _run_fn(fn_path: str, ctx: StageContext) -> dict[str, Any]:
@@ -137,6 +143,7 @@ def _run_fn(fn_path: str, ctx: StageContext) -> dict[str, Any]:
         "wall_s": ended - started,
         "host": socket.gethostname(),
         "job_id": _job_id(),
+        "inputs": ctx.input_stages,  # the stages read; their outputs are <results>/artifacts/<stage>/<key>
         "summary": summary,
     }
     _write_json_atomic(ctx.out_dir / MARKER, record)

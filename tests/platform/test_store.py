@@ -45,7 +45,7 @@ def test_query_cli_formats_and_errors(tmp_path):
 
 def test_reader_waits_for_a_brief_writer(tmp_path):
     with writer(tmp_path) as con:
-        con.execute("insert into metrics values ('r', 0, 'eval', 'accuracy', 0, 0.5)")
+        con.execute("insert into metrics (run_id, iteration, stage, name, step, value) values ('r', 0, 'eval', 'accuracy', 0, 0.5)")
     holder = duckdb.connect(str(db_path(tmp_path)))  # another writer holds the file for a moment
 
     def release():

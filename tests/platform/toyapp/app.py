@@ -71,6 +71,12 @@ def _log(ctx: Any, what: str) -> None:
         f.write(json.dumps({"stage": what, "key": ctx.key, "shard": ctx.shard_index}) + "\n")
 
 
+def _fresh_metrics(ctx: Any) -> None:
+    """A rerun after a killed attempt starts over: drop the rows that attempt wrote (as the M-step
+    truncates its metrics to the checkpoint it resumes from), so no metric is ingested twice."""
+    (Path(ctx.out_dir) / "metrics.jsonl").unlink(missing_ok=True)
+
+
 def prepare(ctx: Any) -> dict:
     _log(ctx, "prepare")
     time.sleep(ctx.config["sleep_s"])
@@ -90,6 +96,7 @@ def shard(ctx: Any) -> dict:
 
 def merge(ctx: Any) -> dict:
     _log(ctx, "merge")
+    _fresh_metrics(ctx)
     parts = sorted((ctx.out_dir / "shards").glob("*/part.json"))
     ctx.write_metrics([{"name": "parts", "step": 0, "value": len(parts)}])
     return {"tokens_in": 0, "tokens_out": 0, "flops": 2.0 * len(parts)}
@@ -101,6 +108,7 @@ def train(ctx: Any) -> dict:
     it = ctx.iteration
     if cfg["fail_at"] == it:
         raise RuntimeError(f"toy failure at iteration {it}")
+    _fresh_metrics(ctx)
     for step in range(3):
         time.sleep(cfg["sleep_s"])
         loss = float("nan") if cfg["nan_at"] == it else 1.0 / (1 + step + it)
@@ -112,6 +120,7 @@ def train(ctx: Any) -> dict:
 
 def score(ctx: Any) -> dict:
     _log(ctx, "score")
+    _fresh_metrics(ctx)
     x, it = ctx.config["x"], ctx.iteration
     ctx.write_metrics([{"name": "accuracy", "step": 0, "value": 1 - (x - 0.3) ** 2 + 0.01 * it}])
     return {"tokens_in": 0, "tokens_out": 0, "flops": 1.0}
