@@ -11,14 +11,19 @@ Conventions every backend follows:
   default "raw" logprobs). At temperature 1 that is exactly log q; at other temperatures it is the
   model's own density of the sampled ids, not the tempered proposal's.
 - The stop token ends a sequence and is NOT part of ``token_ids`` / ``logprobs`` / ``text``;
-  ``finished`` says the stop token was produced (False: cut at ``max_tokens``).
+  ``finished`` says the stop token was produced (False: cut at ``max_tokens``). Its own
+  log-probability is ``stop_logprob``, and ``logprob_sum`` (the sequence's log q) includes it: the
+  probability of a finished sequence includes the probability of stopping where it stopped.
+- ``banned_token_ids`` (control tokens such as pad, BOS, EOS, SoL and the form prefixes) get
+  probability zero: they are masked out of the distribution that is sampled, and ``logprobs`` are
+  under that masked, renormalised distribution, so log q is the density of what was actually drawn.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 
 BACKENDS = ("hf", "vllm")
 
@@ -29,10 +34,12 @@ class SampleOut:
     logprobs: list[float]
     text: str
     finished: bool
+    stop_logprob: float = 0.0  # log p of the stop token that ended a finished sample (0.0 otherwise)
 
     @property
     def logprob_sum(self) -> float:
-        return float(sum(self.logprobs))
+        """log q of the whole sampled sequence: its tokens and, if it finished, its stop token."""
+        return float(sum(self.logprobs)) + (self.stop_logprob if self.finished else 0.0)
 
 
 @runtime_checkable
@@ -47,6 +54,7 @@ class Sampler(Protocol):
         temperature: float = 1.0,
         stop_token_id: Optional[int] = None,
         seed: int = 0,
+        banned_token_ids: Sequence[int] = (),
     ) -> list[list[SampleOut]]:
         """``n`` samples per prompt: result[i][j] is sample j of prompt i."""
         ...
@@ -60,7 +68,8 @@ class Sampler(Protocol):
         ...
 
 
-def check_sample_args(prompts_ids: list[list[int]], n: int, max_tokens: int, temperature: float) -> None:
+def check_sample_args(prompts_ids: list[list[int]], n: int, max_tokens: int, temperature: float,
+                      stop_token_id: Optional[int] = None, banned_token_ids: Sequence[int] = ()) -> None:
     """Argument checks shared by the backends: one clear error instead of a shape error deep inside."""
     if n < 1:
         raise ValueError(f"n (samples per prompt) must be >= 1, got {n}")
@@ -71,6 +80,8 @@ def check_sample_args(prompts_ids: list[list[int]], n: int, max_tokens: int, tem
     for i, p in enumerate(prompts_ids):
         if len(p) == 0:
             raise ValueError(f"prompt {i} is empty: every prompt needs at least one token (BOS)")
+    if stop_token_id is not None and stop_token_id in set(banned_token_ids):
+        raise ValueError(f"the stop token {stop_token_id} is also banned: a sample could never finish")
 
 
 def check_score_args(prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> None:

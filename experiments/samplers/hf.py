@@ -22,7 +22,7 @@ import contextlib
 import hashlib
 import struct
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -117,20 +117,23 @@ class HFSampler:
         temperature: float = 1.0,
         stop_token_id: Optional[int] = None,
         seed: int = 0,
+        banned_token_ids: Sequence[int] = (),
     ) -> list[list[SampleOut]]:
-        check_sample_args(prompts_ids, n, max_tokens, temperature)
+        check_sample_args(prompts_ids, n, max_tokens, temperature, stop_token_id, banned_token_ids)
+        banned = torch.tensor(sorted(set(banned_token_ids)), dtype=torch.long, device=self.device)
         out: list[list[Optional[SampleOut]]] = [[None] * n for _ in prompts_ids]
         # longest prompts first, so a minibatch holds prompts of similar length (little padding)
         order = sorted(range(len(prompts_ids)), key=lambda i: -len(prompts_ids[i]))
         per_batch = max(1, self.batch_size // n)
         for start in range(0, len(order), per_batch):
             idx = order[start : start + per_batch]
-            results = self._sample_batch([prompts_ids[i] for i in idx], n, max_tokens, temperature, stop_token_id, seed)
+            results = self._sample_batch([prompts_ids[i] for i in idx], n, max_tokens, temperature, stop_token_id, seed,
+                                         banned)
             for b, i in enumerate(idx):
                 out[i] = results[b * n : (b + 1) * n]
         return out  # type: ignore[return-value]
 
-    def _sample_batch(self, prompts, n, max_tokens, temperature, stop_id, seed) -> list[SampleOut]:
+    def _sample_batch(self, prompts, n, max_tokens, temperature, stop_id, seed, banned) -> list[SampleOut]:
         dev = self.device
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
@@ -164,6 +167,8 @@ class HFSampler:
         with attention_implementation(self.model, "shared_prompt_decode") if fallback else contextlib.nullcontext():
             for step in range(max_tokens):
                 logits = logits.float()
+                if banned.numel():  # the distribution sampled (and scored as log q) has no mass on them
+                    logits[:, banned] = float("-inf")
                 tok = choose_tokens(logits, temperature, keys, step)
                 stop = tok == stop_id if stop_id is not None else torch.zeros_like(tok, dtype=torch.bool)
                 keep = ~stop
@@ -194,6 +199,7 @@ class HFSampler:
                 lps[r][: lens[r]],
                 self.tokenizer.decode(toks[r][: lens[r]], skip_special_tokens=False),
                 fin[r],
+                lps[r][lens[r]] if fin[r] else 0.0,  # the stop token sits right after the kept ones
             )
             for r in range(rows)
         ]

