@@ -203,7 +203,7 @@ SELECT DISTINCT doc_id FROM estep_samples WHERE run_id = ? AND iteration = ? AND
 ORDER BY doc_id LIMIT 500
 """
 DOC_SAMPLES_SQL = """
-SELECT * EXCLUDE (run_id, model_path) FROM estep_samples
+SELECT * EXCLUDE (run_id, model_path, model_key) FROM estep_samples
 WHERE run_id = ? AND iteration = ? AND doc_id = ? ORDER BY chunk_id, sample_idx
 """
 PARETO_SQL = """
@@ -244,7 +244,7 @@ def numeric_facets(df: pd.DataFrame) -> pd.DataFrame:
 
 def reference_label(kind: str, baseline: Optional[str]) -> Optional[str]:
     if kind == "raw":
-        return f"raw-{(baseline or 'data').replace('_', '-')}"
+        return f"raw-{(baseline or 'data').removeprefix('raw_').replace('_', '-')}"
     if kind == "synthetic":
         return "synthetic thoughts"
     return None

@@ -133,12 +133,33 @@ def ess_by_iteration(stats: pd.DataFrame) -> go.Figure:
     return _compact(fig)
 
 
-def elbo_by_iteration(elbo: pd.DataFrame) -> go.Figure:
-    """``elbo``: long rows (iteration, name in elbo_1/2/4, value)."""
-    fig = px.line(elbo.sort_values("iteration"), x="iteration", y="value", color="name", markers=True,
-                  title="ELBO_1/2/4 by iteration")
+def elbo_by_iteration(elbo: pd.DataFrame, title: str = "ELBO_1/2/4 by iteration") -> go.Figure:
+    """``elbo``: long rows (iteration, name, value), one line per name (ELBO_1/2/4 by default)."""
+    fig = px.line(elbo.sort_values("iteration"), x="iteration", y="value", color="name", markers=True, title=title)
     fig.update_xaxes(dtick=1)
     return _compact(fig)
+
+
+CORRECTNESS_NAMES = {"thought_correct_selected": "selected", "thought_correct_random": "random sample",
+                     "thought_correct_best_of_k": "best of K"}
+
+
+def thought_correctness(logged: pd.DataFrame) -> go.Figure:
+    """Share of E-step thoughts that are the oracle derivation (chunks the corpus annotates), per
+    iteration: the resampled one, a random one and the best of the K; their gap is what the
+    importance weights contribute."""
+    rows = logged[logged["name"].isin(list(CORRECTNESS_NAMES))].assign(name=lambda d: d["name"].map(CORRECTNESS_NAMES))
+    fig = elbo_by_iteration(rows, "Thoughts equal to the oracle derivation")
+    fig.update_yaxes(range=[0, 1], title="share of answer chunks")
+    return fig
+
+
+def by_chunk_type(logged: pd.DataFrame, metric: str) -> go.Figure:
+    """``metric`` (e.g. ess, elbo_4) split by chunk type: chunks the corpus annotates with reasoning
+    (answers) and the rest (questions, whose right thought is empty)."""
+    names = {f"{metric}_annotated": "annotated chunks", f"{metric}_unannotated": "other chunks", metric: "all chunks"}
+    rows = logged[logged["name"].isin(list(names))].assign(name=lambda d: d["name"].map(names))
+    return elbo_by_iteration(rows, f"{metric.upper()} by chunk type")
 
 
 def thought_lengths(samples: pd.DataFrame) -> go.Figure:

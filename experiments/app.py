@@ -23,7 +23,7 @@ def _ranges(cfg: DictConfig) -> list[str]:
     p += in_range(cfg, "estep.max_thought_tokens", 1)
     p += in_range(cfg, "estep.num_shards", 1)
     p += in_range(cfg, "estep.context_chunks", 0)
-    p += in_range(cfg, "estep.top_p", 1.0, 1.0)  # top-p distorts log q (PAPER.md)
+    p += in_range(cfg, "estep.top_p", 1.0, 1.0)  # top-p distorts log q (docs/method.md "E-step, exactly")
     if (OmegaConf.select(cfg, "estep.temperature") or 1.0) <= 0:
         p.append(f"estep.temperature: must be > 0, got {cfg.estep.temperature}")
     p += in_range(cfg, "data.raw_mix_ratio", 0.0, 1.0)
@@ -46,7 +46,13 @@ def _ranges(cfg: DictConfig) -> list[str]:
 def _choices(cfg: DictConfig) -> list[str]:
     p: list[str] = []
     p += one_of(cfg, "experiment.kind", ("raw", "synthetic", "bootstrap"))
-    p += one_of(cfg, "experiment.baseline", ("none", "token_match", "flop_match"))
+    p += one_of(cfg, "experiment.baseline", ("none", "raw_token_match", "raw_flop_match", "compute_match"))
+    p += one_of(cfg, "experiment.reference_experiment", ("synthetic", "bootstrap"))
+    p += one_of(cfg, "data.thought_chunks", ("all", "annotated"))
+    p += one_of(cfg, "data.form_coin", ("fresh", "frozen"))
+    if OmegaConf.select(cfg, "data.thought_chunks") == "annotated" and cfg.data.name != "embedded":
+        p.append(f"data.thought_chunks: 'annotated' needs a corpus that declares which chunks carry reasoning "
+                 f"(data=embedded); data={cfg.data.name} annotates none, use 'all'")
     p += one_of(cfg, "data.name", ("embedded", "jsonl", "parquet"))
     p += one_of(cfg, "data.format", ("random", "prior_only", "posterior_only", "raw"))
     p += one_of(cfg, "teacher.kind", ("oracle", "lm", "openai_compatible"))
@@ -64,17 +70,71 @@ def _choices(cfg: DictConfig) -> list[str]:
     return p
 
 
+def _pretrained(model_name: str) -> bool:
+    """Whether ``conf/model/<name>.yaml`` names a checkpoint (sets ``path``, literally or from an
+    environment variable): such a model is loaded, not built, and cannot run without its folder."""
+    import yaml
+
+    from platform.compose import CONF_DIR
+
+    spec = CONF_DIR / "model" / f"{model_name}.yaml"
+    try:
+        return bool((yaml.safe_load(spec.read_text()) or {}).get("path"))
+    except (OSError, yaml.YAMLError, AttributeError):
+        return False
+
+
+def _checkpoint(field: str, path: Any) -> list[str]:
+    if not Path(path).is_dir():
+        return [f"{field}: {path!r} is not a folder holding a Hugging Face checkpoint"]
+    if not (Path(path) / "config.json").is_file():
+        return [f"{field}: {path!r} has no config.json, so it is not a Hugging Face checkpoint folder"]
+    return []
+
+
 def _paths(cfg: DictConfig) -> list[str]:
+    from experiments.corpus_check import check_corpus
+
     p: list[str] = []
     if cfg.data.name in ("jsonl", "parquet"):
         path = cfg.data.path
-        if not path or not Path(path).is_file():
-            p.append(f"data.path: {path!r} is not a file (data={cfg.data.name} needs a {cfg.data.name} corpus)")
-    if cfg.model.path and not Path(cfg.model.path).is_dir():
-        p.append(f"model.path: {cfg.model.path!r} is not a folder holding a Hugging Face checkpoint")
-    if cfg.teacher.kind == "lm" and not (cfg.teacher.model_path and Path(cfg.teacher.model_path).is_dir()):
-        p.append(f"teacher.model_path: {cfg.teacher.model_path!r} is not a folder holding a Hugging Face checkpoint")
+        if not path:
+            p.append(f"data.path: not set; data.name={cfg.data.name} reads a corpus file "
+                     f"(add data.path=/path/to/corpus.{cfg.data.name})")
+        else:
+            problem = check_corpus(path, cfg.data.text_column or "text")
+            if problem:
+                p.append(f"data.path: {problem}")
+    if cfg.model.path:
+        p += _checkpoint("model.path", cfg.model.path)
+    elif _pretrained(cfg.model.name):
+        p.append(f"model.path: not set; model={cfg.model.name} is loaded from a pretrained checkpoint "
+                 "(add model.path=/path/to/checkpoint)")
+    if cfg.teacher.kind == "lm":
+        if not cfg.teacher.model_path:
+            p.append("teacher.model_path: not set; teacher=lm needs a local model "
+                     "(add teacher.model_path=/path/to/model)")
+        else:
+            p += _checkpoint("teacher.model_path", cfg.teacher.model_path)
     return p
+
+
+def _teacher(cfg: DictConfig) -> list[str]:
+    """The oracle teacher copies the embedded corpus's worked solutions; any other corpus has none,
+    and a run that needs thoughts would quietly train on raw text instead."""
+    kind = cfg.experiment.kind
+    if cfg.teacher.kind != "oracle" or cfg.data.name == "embedded":
+        return []
+    if kind in ("synthetic", "bootstrap"):
+        consequence, alternative = f"a {kind} run would train on raw text", ""
+    elif kind == "raw" and cfg.experiment.baseline != "none":
+        consequence = f"the synthetic reference of experiment.baseline={cfg.experiment.baseline} would have no thoughts"
+        alternative = " (or experiment.baseline=none)"
+    else:
+        return []
+    return [f"teacher.kind: the oracle teacher (the default) copies worked solutions that only data=embedded has; "
+            f"with data.name={cfg.data.name} {consequence}. Use teacher=lm teacher.model_path=/path/to/model or "
+            f"teacher=openai_compatible teacher.base_url=http://HOST:PORT/v1 teacher.model=NAME{alternative}"]
 
 
 def _space(cfg: DictConfig) -> list[str]:
@@ -88,4 +148,13 @@ def _space(cfg: DictConfig) -> list[str]:
     return problems
 
 
-RULES: list[Any] = [_ranges, _choices, _paths, _space]
+RULES: list[Any] = [_ranges, _choices, _paths, _teacher, _space]
+
+# Errors that stages raise on purpose, about bad input or a run gone wrong: when a job dies of one,
+# the CLI prints its message in one line (stage, message, the job's log) instead of the traceback,
+# which stays in the log and in runs.error. Names as a traceback's last line writes them.
+KNOWN_ERRORS: tuple[str, ...] = (
+    "experiments.corpus.CorpusError",  # a corpus line the cheap check did not read
+    "experiments.teacher.TeacherError",  # the teacher endpoint refused or gave up
+    "FloatingPointError",  # the M-step loss went NaN/inf (experiments/mstep.py)
+)

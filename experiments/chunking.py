@@ -1,4 +1,4 @@
-"""Sentence chunking (PAPER.md "Data format"): runs of Poisson(mean)+1 sentences, capped, per paragraph.
+"""Sentence chunking (docs/method.md "Chunking"): runs of Poisson(mean)+1 sentences, capped, per paragraph.
 
 Boundaries come from a generator seeded by a SHA-256 of the document text, so they are the same in
 every process, every EM iteration and every run, and change only when the text changes.

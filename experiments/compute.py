@@ -1,6 +1,6 @@
 """Compute accounting: FLOPs per stage, peak FLOP/s of the device, MFU, GPU-hours.
 
-Definitions (PAPER.md / the project issue): training costs 6 N FLOPs per trained token (forward 2N +
+Definitions (docs/method.md "Compute accounting" / the project issue): training costs 6 N FLOPs per trained token (forward 2N +
 backward 4N), inference 2 N per generated or scored token, where N is the model's parameter count.
 Attention FLOPs are left out on purpose: every stage uses the same definition, so the FLOP-matched
 baselines compare like with like.

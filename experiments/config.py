@@ -1,6 +1,6 @@
 """Typed config of the latent-thought experiments, registered with Hydra's ConfigStore.
 
-Dataclass defaults are the paper's choices (PAPER.md); the YAML under ``conf/`` sizes them down for
+Dataclass defaults are the paper's choices (docs/method.md); the YAML under ``conf/`` sizes them down for
 the embedded default or up for a cluster.
 """
 
@@ -44,6 +44,10 @@ class DataConfig:
     window: int = 2048  # packing window in tokens
     chunk_poisson_mean: float = 7.0
     chunk_max_sentences: int = 20
+    # which chunks carry a thought: all (the paper; the oracle writes an empty thought where the corpus
+    # has no reasoning) | annotated (only chunks the corpus annotates, for teacher and E-step alike)
+    thought_chunks: str = "all"
+    form_coin: str = "fresh"  # fresh: prior/posterior and raw-mix coins drawn anew per epoch and EM iteration | frozen
     warm_start_fraction: float = 0.1  # bootstrap: share of documents with teacher thoughts at iteration 0
     em_docs: Optional[int] = None  # bootstrap: documents the E-step covers (None: all not in the warm start)
 
@@ -125,8 +129,10 @@ class EMConfig:
 class ExperimentConfig:
     name: str = "bootstrap"
     kind: str = "bootstrap"  # raw | synthetic | bootstrap
-    baseline: str = "none"  # raw: token_match | flop_match | none
-    reference_experiment: str = "synthetic_thoughts"  # raw baselines match this run's budget
+    # raw: raw_token_match | raw_flop_match | compute_match | none (BoLT's definitions; experiments/stages.py)
+    baseline: str = "none"
+    reference_experiment: str = "synthetic"  # raw baselines match this latent run's M-step: synthetic | bootstrap
+    reference_iteration: Optional[int] = None  # bootstrap reference: its M-step of this iteration (None: the last)
 
 
 @dataclass

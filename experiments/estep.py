@@ -1,4 +1,4 @@
-"""The E-step (PAPER.md "E-step, exactly"): K posterior thoughts per chunk, importance-weighted, one resampled.
+"""The E-step (docs/method.md "E-step, exactly"): K posterior thoughts per chunk, importance-weighted, one resampled.
 
 For chunk X_i of a document, with up to ``context_chunks`` previous raw chunks C:
     sample  Z_1..Z_K ~ q(Z | C, X_i)            prompt  C SoL EoL X_i SoL POSTERIOR_PREFIX, stop at EoL
@@ -17,13 +17,13 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from experiments.chunking import chunk_texts
+from experiments.chunking import chunk_document, chunk_texts
 from experiments.corpus import Document
 from experiments.docstore import load_docs, save_thoughts
 from experiments.formats import encode_parts, joint_parts, posterior_prompt, stable_seed
@@ -33,8 +33,9 @@ from experiments.tokens import EOL, POSTERIOR, PRIOR, SOL
 
 SAMPLE_COLUMNS = [
     "doc_id", "chunk_id", "sample_idx", "thought", "thought_tokens",
-    "log_p_joint", "log_q", "log_w", "selected", "finished", "chunk_text",
+    "log_p_joint", "log_q", "log_w", "selected", "finished", "chunk_text", "annotated", "thought_correct",
 ]
+THOUGHT_CHUNKS = ("all", "annotated")
 ELBO_NS = (1, 2, 4)
 GROUP_DOCS = 8  # documents per resumable unit (estep.group_docs overrides)
 
@@ -66,34 +67,50 @@ def infer_thoughts(
     max_sentences: int = 20,
     seed: int = 0,
     iteration: int = 0,
-) -> tuple[list[dict[str, Any]], dict[str, list[str]], dict[str, int]]:
+    thought_chunks: str = "all",
+) -> tuple[list[dict[str, Any]], dict[str, list[Optional[str]]], dict[str, int]]:
     """E-step of ``docs``: (sample rows, selected thought per chunk per doc, token counts).
+
+    ``thought_chunks``: ``all`` samples a thought for every chunk (the paper); ``annotated`` only for
+    chunks the corpus marks as carrying reasoning (``Document.oracle``), the others stay raw (None),
+    which is what the oracle teacher does under the same setting.
 
     At ``temperature != 1`` log q is the model's untempered density of the sampled ids (what the
     samplers record), so the weights are exact importance weights only at the paper's temperature 1.
+    Control tokens other than the EoL stop cannot appear in a thought: the samplers mask them
+    (``control_token_ids``) and log q is that of the masked distribution, EoL included.
     """
     if num_samples < 1:
         raise ValueError(f"estep.num_samples={num_samples} must be >= 1")
+    if thought_chunks not in THOUGHT_CHUNKS:
+        raise ValueError(f"data.thought_chunks={thought_chunks!r} is not one of {list(THOUGHT_CHUNKS)}")
     tok = sampler.tokenizer
     eol_ids = tok.encode(EOL, add_special_tokens=False)
     if len(eol_ids) != 1:
         raise ValueError(f"tokenizer encodes {EOL} as {eol_ids}; the E-step needs it as one stop token")
-    prompts, prefixes, pieces, keys, chunk_text = [], [], [], [], []
+    prompts, prefixes, pieces, keys, chunk_text, oracles = [], [], [], [], [], []
+    thoughts: dict[str, list[Optional[str]]] = {}
     for doc in docs:
         chunks = chunk_texts(doc, poisson_mean, max_sentences)
-        chunk_text += chunks
+        chunk_oracle = chunk_oracles(doc, poisson_mean, max_sentences)
+        thoughts[doc.doc_id] = [None] * len(chunks)
         for i, chunk in enumerate(chunks):
+            if thought_chunks == "annotated" and chunk_oracle[i] is None:
+                continue
+            chunk_text.append(chunk)
+            oracles.append(chunk_oracle[i])
             prompts.append(tok(posterior_prompt(chunks[:i], chunk, context_chunks))["input_ids"])
             prefix_ids, piece_ids = encode_parts(tok, *joint_parts(chunks[:i], "", chunk, context_chunks))
             prefixes.append(prefix_ids)
             pieces.append(piece_ids)
             keys.append((doc.doc_id, i))
     if not prompts:
-        return [], {d.doc_id: [] for d in docs}, {"tokens_in": 0, "tokens_out": 0, "num_chunks": 0}
+        return [], thoughts, {"tokens_in": 0, "tokens_out": 0, "num_chunks": 0}
 
     samples = sampler.sample(
         prompts, n=num_samples, max_tokens=max_thought_tokens, temperature=temperature,
         stop_token_id=eol_ids[0], seed=stable_seed("estep", seed, iteration) % 2**31,
+        banned_token_ids=control_token_ids(tok),
     )
     score_prefixes, conts = [], []
     for prefix_ids, (sol, prior, _, eol, body), outs in zip(prefixes, pieces, samples):
@@ -103,19 +120,19 @@ def infer_thoughts(
     log_p = sampler.score(score_prefixes, conts)
 
     rows: list[dict[str, Any]] = []
-    thoughts: dict[str, list[str]] = {d.doc_id: [] for d in docs}
     for c, ((doc_id, chunk_id), outs) in enumerate(zip(keys, samples)):
         lp = np.asarray(log_p[c * num_samples : (c + 1) * num_samples])
         lq = np.asarray([s.logprob_sum for s in outs])
         lw = log_weights(lp, lq)
         pick = resample(lw, np.random.default_rng(stable_seed(seed, iteration, doc_id, chunk_id)))
-        thoughts[doc_id].append(outs[pick].text)
+        thoughts[doc_id][chunk_id] = outs[pick].text
         for k, s in enumerate(outs):
             rows.append({
                 "doc_id": doc_id, "chunk_id": chunk_id, "sample_idx": k, "thought": s.text,
                 "thought_tokens": len(s.token_ids), "log_p_joint": float(lp[k]), "log_q": float(lq[k]),
                 "log_w": float(lw[k]), "selected": k == pick, "finished": bool(s.finished),
-                "chunk_text": chunk_text[c],
+                "chunk_text": chunk_text[c], "annotated": oracles[c] is not None,
+                "thought_correct": thought_matches(s.text, oracles[c]) if oracles[c] is not None else None,
             })
     generated = sum(len(s.token_ids) + int(s.finished) for outs in samples for s in outs)
     counts = {
@@ -126,20 +143,114 @@ def infer_thoughts(
     return rows, thoughts, counts
 
 
+def chunk_oracles(doc: Document, poisson_mean: float = 7.0, max_sentences: int = 20) -> list[Optional[str]]:
+    """Per chunk, the corpus's worked reasoning of its sentences, or None where it declares none.
+
+    The embedded corpus annotates the answer sentence of each problem; a user corpus annotates
+    nothing. What the oracle teacher writes, what ``thought_chunks=annotated`` samples, and what
+    thought correctness is measured against.
+    """
+    return [" ".join(doc.oracle[s] for s in sents if doc.oracle.get(s)) or None
+            for sents in chunk_document(doc.paragraphs, poisson_mean, max_sentences)]
+
+
+class MissingThoughtError(RuntimeError):
+    """Chunks that should carry a thought came back without one: training on them would be raw text
+    presented as augmented (a silently wrong result)."""
+
+
+def expected_thought_chunks(doc: Document, data: dict[str, Any]) -> list[bool]:
+    """Which chunks of ``doc`` must carry a thought under ``data.thought_chunks``."""
+    oracles = chunk_oracles(doc, float(data.get("chunk_poisson_mean", 7.0)), int(data.get("chunk_max_sentences", 20)))
+    if data.get("thought_chunks", "all") == "annotated":
+        return [z is not None for z in oracles]
+    return [True] * len(oracles)
+
+
+def check_thoughts(thoughts: dict[str, Sequence[Optional[str]]], docs: Sequence[Document], data: dict[str, Any],
+                   where: str) -> None:
+    """Fail loudly, naming the count, where an expected thought is missing (None)."""
+    missing = total = 0
+    example = None
+    for doc in docs:
+        got = thoughts.get(doc.doc_id) or []
+        for i, want in enumerate(expected_thought_chunks(doc, data)):
+            if want:
+                total += 1
+                if i >= len(got) or got[i] is None:
+                    missing += 1
+                    example = example or f"{doc.doc_id} chunk {i}"
+    if missing:
+        raise MissingThoughtError(
+            f"{where}: {missing} of {total} chunks that need a thought (data.thought_chunks="
+            f"{data.get('thought_chunks', 'all')}) came back with none, e.g. {example}; refusing to train on them")
+
+
+def thought_matches(thought: str, oracle: str) -> bool:
+    """A thought is correct when it is the oracle derivation, up to surrounding whitespace."""
+    return " ".join(thought.split()) == " ".join(oracle.split())
+
+
+def control_token_ids(tok: Any) -> list[int]:
+    """Ids no thought may contain: pad, BOS, EOS, SoL and the form prefixes (EoL is the stop)."""
+    ids = {getattr(tok, f"{n}_token_id", None) for n in ("pad", "bos", "eos")}
+    ids |= set(tok.convert_tokens_to_ids([SOL, PRIOR, POSTERIOR]))
+    ids.discard(None)
+    ids.discard(tok.unk_token_id if getattr(tok, "unk_token", None) in (SOL, PRIOR, POSTERIOR) else None)
+    ids.discard(tok.convert_tokens_to_ids(EOL))
+    return sorted(int(i) for i in ids)
+
+
+def _per_chunk_log_w(samples: pd.DataFrame) -> pd.Series:
+    return samples.sort_values("sample_idx").groupby(["doc_id", "chunk_id"], sort=False)["log_w"].apply(np.asarray)
+
+
+def thought_correctness(samples: pd.DataFrame) -> dict[str, float]:
+    """How often the E-step's thoughts are the oracle derivation, on chunks that have one:
+    the selected sample, a random one (the mean over samples) and the best of K (any sample)."""
+    ann = samples[samples["thought_correct"].notna()] if "thought_correct" in samples else samples.iloc[:0]
+    if ann.empty:
+        return {}
+    correct = ann["thought_correct"].astype(bool)
+    by_chunk = correct.groupby([ann["doc_id"], ann["chunk_id"]])
+    return {
+        "thought_correct_selected": float(correct[ann["selected"].astype(bool)].mean()),
+        "thought_correct_random": float(correct.mean()),
+        "thought_correct_best_of_k": float(by_chunk.any().mean()),
+    }
+
+
 def chunk_metrics(samples: pd.DataFrame) -> dict[str, float]:
-    """ELBO_n (n <= K), ESS, thought length and selection statistics, averaged over chunks."""
+    """ELBO_n (n <= K), ESS, thought length and selection statistics, averaged over chunks; the same
+    split by chunk type (annotated by the corpus or not), and thought correctness where known."""
     if samples.empty:
         return {}
-    per_chunk = samples.sort_values("sample_idx").groupby(["doc_id", "chunk_id"], sort=False)["log_w"].apply(np.asarray)
+    out = _weight_metrics(_per_chunk_log_w(samples))
+    if "annotated" in samples and samples["annotated"].notna().all():
+        for name, part in (("annotated", samples[samples["annotated"].astype(bool)]),
+                           ("unannotated", samples[~samples["annotated"].astype(bool)])):
+            if not part.empty:
+                out.update({f"{k}_{name}": v for k, v in _weight_metrics(_per_chunk_log_w(part)).items()})
+    out.update(thought_correctness(samples))
+    out.update(_sample_metrics(samples))
+    return out
+
+
+def _weight_metrics(per_chunk: pd.Series) -> dict[str, float]:
     k = min(len(v) for v in per_chunk)
     out = {f"elbo_{n}": float(np.mean([elbo(v, n) for v in per_chunk])) for n in ELBO_NS if n <= k}
     out["ess"] = float(np.mean([effective_sample_size(v) for v in per_chunk]))
+    return out
+
+
+def _sample_metrics(samples: pd.DataFrame) -> dict[str, float]:
+    out: dict[str, float] = {}
     out["thought_tokens_mean"] = float(samples["thought_tokens"].mean())
     out["selected_idx_mean"] = float(samples.loc[samples["selected"], "sample_idx"].mean())
     out["log_w_mean"] = float(samples["log_w"].mean())
     out["finished_frac"] = float(samples["finished"].mean())
-    # thoughts the model wrote a format marker into (SoL / Prior: / Posterior: before EoL): kept verbatim,
-    # since masking them would change q; a high share says the latent format is not learnt yet
+    # thoughts holding a format marker (SoL / Prior: / Posterior:): the samplers mask these tokens, so
+    # this stays 0 unless a marker's text is spelled out of ordinary tokens
     markers = "|".join(re.escape(m) for m in (SOL, PRIOR, POSTERIOR))
     out["marker_in_thought_frac"] = float(samples["thought"].str.contains(markers, regex=True).mean())
     return out
@@ -197,7 +308,9 @@ def run_shard(ctx) -> dict[str, Any]:
                 temperature=float(est.get("temperature", 1.0)), context_chunks=int(est.get("context_chunks", 3)),
                 poisson_mean=float(data.get("chunk_poisson_mean", 7.0)),
                 max_sentences=int(data.get("chunk_max_sentences", 20)), seed=ctx.seed, iteration=iteration,
+                thought_chunks=str(data.get("thought_chunks", "all")),
             )
+            check_thoughts(zs, [docs[d] for d in ids], data, f"E-step shard {ctx.shard_index}")
             frame = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
             info = {"doc_ids": ids, "thoughts": zs, "counts": counts}
             table, meta = _group_paths(cache, g)

@@ -20,29 +20,31 @@ import numpy as np
 from experiments.chunking import chunk_texts
 from experiments.corpus import Document, Problem
 from experiments.docstore import load_docs, load_problems
-from experiments.estep import checkpoint_num_params, chunk_metrics, infer_thoughts
+from experiments.estep import checkpoint_num_params, chunk_metrics, control_token_ids, infer_thoughts
 from experiments.formats import answer_prefix, encode_document, encode_parts, eval_prompt, joint_parts
 from experiments.grading import extract_answer, is_correct
 from experiments.harness import LOCAL_TASK, run_harness, write_local_task
 from experiments.samplers import Sampler, build_sampler
 from experiments.tokens import EOL
 
-ELBO_SAMPLES = 4  # K for held-out ELBO_1/2/4 (PAPER.md "Baselines and evaluation")
+ELBO_SAMPLES = 4  # K for held-out ELBO_1/2/4 (docs/method.md "ELBO and ESS", "Evaluation")
 
 
 def greedy_answers(
-    sampler: Sampler, problems: Sequence[Problem], latent: bool, max_thought_tokens: int, max_new_tokens: int
+    sampler: Sampler, problems: Sequence[Problem], latent: bool, max_thought_tokens: int, max_new_tokens: int,
+    empty_question_thought: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """One prediction row per problem (question, gold, thought, answer, pred, correct) and token counts."""
     tok = sampler.tokenizer
-    prompts = [tok(eval_prompt(p.question, latent))["input_ids"] for p in problems]
+    prompts = [tok(eval_prompt(p.question, latent, empty_question_thought))["input_ids"] for p in problems]
     tokens_in, tokens_out = sum(map(len, prompts)), 0
     thoughts: list[Optional[str]] = [None] * len(problems)
     thought_lens = [0] * len(problems)
     answer_ids = tok.encode(answer_prefix(), add_special_tokens=False)
     if latent:
         eol = tok.encode(EOL, add_special_tokens=False)
-        outs = [o[0] for o in sampler.sample(prompts, 1, max_thought_tokens, temperature=0.0, stop_token_id=eol[0])]
+        outs = [o[0] for o in sampler.sample(prompts, 1, max_thought_tokens, temperature=0.0, stop_token_id=eol[0],
+                                             banned_token_ids=control_token_ids(tok))]
         thoughts = [o.text for o in outs]
         thought_lens = [len(o.token_ids) for o in outs]
         tokens_out += sum(len(o.token_ids) + o.finished for o in outs)
@@ -102,7 +104,8 @@ def run_eval(ctx) -> dict[str, Any]:
     poisson, max_sent = float(data.get("chunk_poisson_mean", 7.0)), int(data.get("chunk_max_sentences", 20))
     sampler = build_sampler(cfg.get("sampler", {}), model_dir)
 
-    rows, counts = greedy_answers(sampler, problems, latent, int(ev["max_thought_tokens"]), int(ev["max_new_tokens"]))
+    rows, counts = greedy_answers(sampler, problems, latent, int(ev["max_thought_tokens"]), int(ev["max_new_tokens"]),
+                                  bool(cfg.get("empty_question_thought", False)))
     with open(out / "eval_predictions.jsonl", "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
@@ -120,13 +123,14 @@ def run_eval(ctx) -> dict[str, Any]:
         samples, _, c = infer_thoughts(
             sampler, elbo_docs, num_samples=ELBO_SAMPLES, max_thought_tokens=int(ev["max_thought_tokens"]),
             temperature=1.0, context_chunks=3, poisson_mean=poisson, max_sentences=max_sent, seed=ctx.seed,
-            iteration=iteration,
+            iteration=iteration, thought_chunks=str(data.get("thought_chunks", "all")),
         )
         import pandas as pd
 
         em = chunk_metrics(pd.DataFrame(samples))
         metrics.update({k: em[k] for k in ("elbo_1", "elbo_2", "elbo_4") if k in em})
         metrics["elbo_ess"] = em["ess"]
+        metrics.update({k: v for k, v in em.items() if k.endswith(("_annotated", "_unannotated"))})
         counts["tokens_in"] += c["tokens_in"]
         counts["tokens_out"] += c["tokens_out"]
 

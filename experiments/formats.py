@@ -1,4 +1,4 @@
-"""Every string and token format of the thought-augmented data (PAPER.md, "Data format", "E-step").
+"""Every string and token format of the thought-augmented data (docs/method.md "Data format", "E-step, exactly").
 
 Conventions, pinned by tests/experiments/test_formats.py:
 - A document is paragraphs joined by ``PARAGRAPH_SEP`` ("\\n\\n"), sentences by ``SENTENCE_SEP`` (" ").
@@ -66,7 +66,7 @@ def augment_document(chunks: Sequence[str], thoughts: Sequence[Optional[str]], f
 def choose_forms(num_chunks: int, mode: str, rng: Any) -> list[str]:
     """One form per chunk. ``rng`` is anything with ``.random()`` (numpy Generator, random.Random).
 
-    ``random`` draws a fair coin per chunk (PAPER.md); the other modes draw nothing.
+    ``random`` draws a fair coin per chunk (docs/method.md "Prior and posterior forms"); the other modes draw nothing.
     """
     if mode == "random":
         return ["prior" if rng.random() < 0.5 else "posterior" for _ in range(num_chunks)]
@@ -88,7 +88,7 @@ def _context(prev_chunks: Sequence[str], context_chunks: int) -> str:
 def posterior_prompt(prev_chunks: Sequence[str], chunk: str, context_chunks: int = 3) -> str:
     """E-step sampling prompt for q(Z | X_i): context, SoL EoL X_i SoL POSTERIOR_PREFIX.
 
-    The model then writes Z and stops at EoL (PAPER.md "E-step, exactly").
+    The model then writes Z and stops at EoL (docs/method.md "E-step, exactly").
     """
     body, _ = split_separator(chunk)
     return f"{_context(prev_chunks, context_chunks)}{SOL}{EOL}{body}{SOL}{POSTERIOR}"
@@ -113,10 +113,19 @@ def encode_parts(tok: Any, prefix: str, pieces: Sequence[str]) -> tuple[list[int
     return list(prefix_ids), [tok.encode(p, add_special_tokens=False) for p in pieces]
 
 
-def eval_prompt(question: str, latent: bool) -> str:
-    """Prompt for a held-out problem; what a training document holds right before its answer."""
+def eval_prompt(question: str, latent: bool, empty_question_thought: bool = False) -> str:
+    """Prompt for a held-out problem; what a training document holds right before its answer.
+
+    ``empty_question_thought``: training gave chunks without reasoning an empty thought
+    (``data.thought_chunks=all`` with the oracle teacher), so a question reads ``SoL PRIOR EoL Q``
+    there, and the prompt matches it (prior form, as the answer's thought that follows).
+    """
     text = question.strip() + PARAGRAPH_SEP
-    return text + f"{SOL}{PRIOR}" if latent else text
+    if not latent:
+        return text
+    if empty_question_thought:
+        text = f"{SOL}{PRIOR}{EOL}" + text
+    return text + f"{SOL}{PRIOR}"
 
 
 def answer_prefix() -> str:
@@ -138,6 +147,16 @@ def encode_document(tok: Any, text: str) -> list[int]:
     if tok.eos_token_id is None:
         raise ValueError("tokenizer has no eos_token; documents need an end marker for packing")
     return ids + [tok.eos_token_id]
+
+
+def encode_documents(tok: Any, texts: Sequence[str]) -> list[list[int]]:
+    """``encode_document`` of many texts in one batched tokenizer call (the same ids, far faster)."""
+    if tok.eos_token_id is None:
+        raise ValueError("tokenizer has no eos_token; documents need an end marker for packing")
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    if not texts:
+        return []
+    return [bos + list(ids) + [tok.eos_token_id] for ids in tok(list(texts), add_special_tokens=False)["input_ids"]]
 
 
 def pack_windows(docs_ids: Iterable[Sequence[int]], window: int, pad_id: int, drop_last: bool = False) -> np.ndarray:
@@ -173,12 +192,14 @@ def build_training_texts(
     seed: int,
     poisson_mean: float = 7.0,
     max_sentences: int = 20,
+    draw: tuple[Any, ...] = (),
 ) -> list[str]:
     """Training text of each document: raw with probability ``raw_mix_ratio``, else augmented.
 
-    Draws come from a generator seeded by (seed, doc_id), so a document's coin and forms do not
-    depend on which other documents are in the list. A document absent from ``thoughts_by_doc``
-    (or with every thought None) renders as its raw text.
+    Draws come from a generator seeded by (seed, *draw, doc_id), so a document's coin and forms do
+    not depend on which other documents are in the list; ``draw`` names one reading of the corpus
+    (build_train passes the EM iteration and the epoch), so every reading flips fresh coins. A
+    document absent from ``thoughts_by_doc`` (or with every thought None) renders as its raw text.
     """
     from experiments.chunking import chunk_texts  # chunking imports formats' separators
 
@@ -188,7 +209,7 @@ def build_training_texts(
         raise ValueError(f"data.format={mode!r} is not one of {MODES}")
     out = []
     for doc in docs:
-        rng = np.random.default_rng(stable_seed(seed, doc.doc_id))
+        rng = np.random.default_rng(stable_seed(seed, *draw, doc.doc_id))
         use_raw = rng.random() < raw_mix_ratio
         chunks = chunk_texts(doc, poisson_mean, max_sentences)
         forms = choose_forms(len(chunks), mode, rng)

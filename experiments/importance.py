@@ -1,4 +1,4 @@
-"""Importance weights of the E-step (PAPER.md, "E-step, exactly"): pure math over K samples.
+"""Importance weights of the E-step (docs/method.md "E-step, exactly", "ELBO and ESS"): pure math over K samples.
 
 For one chunk X with K thoughts Z_1..Z_K drawn from q(Z | X):
     log w_k = log p(Z_k, X) - log q(Z_k | X)

@@ -5,7 +5,7 @@ A plain torch loop, nanoGPT style: AdamW, gradient clipping, linear warmup then 
 batch of ``mstep.batch_size`` windows split over ranks (experiments/distributed.py) and over
 micro-batches (optional ``mstep.micro_batch_size``). Loss: next-token cross-entropy on every non-pad
 token, normalised by the global batch's token count, so the loss and the gradients do not depend on
-how the batch is split (PAPER.md: no thought mask).
+how the batch is split (docs/method.md "M-step": no thought mask).
 
 Data order: an endless stream of epochs, each a permutation of the windows seeded by (seed, epoch);
 step s takes stream positions [(s-1)*B, s*B). The position is a function of the step alone, so a
@@ -29,7 +29,7 @@ import time
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -76,27 +76,56 @@ def lr_multiplier(step: int, warmup: int, total: int, floor: float = LR_FLOOR) -
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def total_steps(mcfg: dict[str, Any], n_windows: int, window: int) -> int:
-    """ceil(train_tokens / (B * window)) with a token budget, else ceil(epochs * N / B)."""
+def _views(n_windows: int | Sequence[int]) -> list[int]:
+    views = [int(n_windows)] if isinstance(n_windows, (int, np.integer)) else [int(v) for v in n_windows]
+    if not views or min(views) < 1:
+        raise ValueError(f"every view of the training set needs at least one window, got {views}")
+    return views
+
+
+def epoch_windows(n_windows: int | Sequence[int], epochs: float) -> float:
+    """Windows read in ``epochs`` passes when epoch e reads view e mod len(views)."""
+    views = _views(n_windows)
+    whole = int(math.floor(epochs))
+    return float(sum(views[e % len(views)] for e in range(whole)) + (epochs - whole) * views[whole % len(views)])
+
+
+def total_steps(mcfg: dict[str, Any], n_windows: int | Sequence[int], window: int) -> int:
+    """ceil(train_tokens / (B * window)) with a token budget, else ceil(windows in ``epochs`` / B).
+
+    ``n_windows``: the window count, or one per view of a training set packed in views (build_train).
+    """
     batch = int(mcfg["batch_size"])
     if mcfg.get("train_tokens") is not None:
         return max(1, math.ceil(int(mcfg["train_tokens"]) / (batch * window)))
-    return max(1, math.ceil(float(mcfg["epochs"]) * n_windows / batch))
+    return max(1, math.ceil(round(epoch_windows(n_windows, float(mcfg["epochs"])), 6) / batch))
 
 
-def batch_indices(step: int, batch_size: int, n_windows: int, seed: int) -> np.ndarray:
-    """Global window indices of 1-based ``step`` in the seeded, per-epoch reshuffled stream."""
+def batch_indices(step: int, batch_size: int, n_windows: int | Sequence[int], seed: int) -> np.ndarray:
+    """Global window indices of 1-based ``step`` in the seeded, per-epoch reshuffled stream.
+
+    With views (a list of window counts, packed one after another), epoch e is a permutation of
+    view e mod len(views), seeded by (seed, e); one view is the plain per-epoch reshuffle.
+    """
+    views = _views(n_windows)
+    offsets = np.concatenate([[0], np.cumsum(views)])
+    cycle = int(offsets[-1])  # windows in one pass over every view
     positions = np.arange((step - 1) * batch_size, step * batch_size)
-    epochs = positions // n_windows
+    rounds, rest = positions // cycle, positions % cycle
+    view = np.searchsorted(offsets, rest, side="right") - 1
+    epochs = rounds * len(views) + view
+    within = rest - offsets[view]
     out = np.empty(batch_size, dtype=np.int64)
     for epoch in np.unique(epochs):
-        perm = np.random.default_rng([seed, int(epoch)]).permutation(n_windows)
+        v = int(epoch) % len(views)
+        perm = np.random.default_rng([seed, int(epoch)]).permutation(views[v])
         sel = epochs == epoch
-        out[sel] = perm[positions[sel] % n_windows]
+        out[sel] = offsets[v] + perm[within[sel]]
     return out
 
 
-def load_windows(folder: str | Path) -> tuple[np.ndarray, int]:
+def load_windows(folder: str | Path) -> tuple[np.ndarray, int, list[int]]:
+    """Packed windows, the pad id, and the window count of each view (one view unless build_train packed several)."""
     folder = Path(folder)
     path, meta_path = folder / "windows.npy", folder / "meta.json"
     for p in (path, meta_path):
@@ -108,7 +137,10 @@ def load_windows(folder: str | Path) -> tuple[np.ndarray, int]:
     meta = json.loads(meta_path.read_text())
     if "pad_id" not in meta:
         raise ValueError(f"{meta_path}: no 'pad_id'")
-    return windows, int(meta["pad_id"])
+    views = [int(v) for v in meta.get("view_windows", [windows.shape[0]])]
+    if sum(views) != windows.shape[0]:
+        raise ValueError(f"{meta_path}: view_windows {views} do not add up to the {windows.shape[0]} windows of {path}")
+    return windows, int(meta["pad_id"]), views
 
 
 def _validate(mcfg: dict[str, Any]) -> None:
@@ -209,10 +241,10 @@ def _train(ctx, env: distributed.DistEnv, stop_after_step: Optional[int],
     out_dir = Path(ctx.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    windows, pad_id = load_windows(ctx.inputs["train"])
-    n_windows, window = windows.shape
+    windows, pad_id, views = load_windows(ctx.inputs["train"])
+    window = windows.shape[1]
     batch = int(mcfg["batch_size"])
-    steps = total_steps(mcfg, n_windows, window)
+    steps = total_steps(mcfg, views, window)
 
     resume = latest_checkpoint(out_dir)
     model_dir = (resume or Path(ctx.inputs["init"])) / "model"
@@ -253,7 +285,7 @@ def _train(ctx, env: distributed.DistEnv, stop_after_step: Optional[int],
     for step in range(start + 1, steps + 1):
         bar.update(1)
         t0 = time.perf_counter()
-        idx = batch_indices(step, batch, n_windows, seed)
+        idx = batch_indices(step, batch, views, seed)
         # predicted tokens (position 0 of a window is context only); every rank knows the global batch
         global_batch = torch.from_numpy(np.asarray(windows[idx], dtype=np.int64))
         global_count = int((global_batch[:, 1:] != pad_id).sum())

@@ -3,7 +3,8 @@
     python -m experiments.results_table [--results results] [--metric accuracy]
 
 Rows: raw-token-match, raw-FLOP-match, synthetic thoughts, the warm start (bootstrap iteration 0)
-and bootstrap iterations 1..n for each K; columns: accuracy, held-out NLL, ELBO_4, seeds.
+and bootstrap iterations 1..n for each K; columns: accuracy, held-out NLL, ELBO_4, seeds. Then the
+E-step's thought correctness (against the oracle derivation) and ESS by chunk type, per K and iteration.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ where r.status = 'completed'
 
 def _label(row) -> Optional[str]:
     if row.kind == "raw":
-        return {"token_match": "raw, token-match", "flop_match": "raw, FLOP-match"}.get(row.baseline, "raw")
+        return {"raw_token_match": "raw, token-match", "raw_flop_match": "raw, FLOP-match",
+                "compute_match": "raw, compute-match"}.get(row.baseline, "raw")
     if row.kind == "synthetic":
         return "synthetic thoughts"
     if row.iteration == 0:
@@ -52,7 +54,8 @@ def table(results: str) -> str:
     df["label"] = [_label(r) for r in df.itertuples()]
     # a warm start shared by several K is one model per seed: count it once
     df = df.drop_duplicates(subset=["label", "seed", "accuracy", "nll"])
-    order = ["raw, token-match", "raw, FLOP-match", "raw", "synthetic thoughts", "bootstrap warm start (iter 0)"]
+    order = ["raw, token-match", "raw, FLOP-match", "raw, compute-match", "raw", "synthetic thoughts",
+             "bootstrap warm start (iter 0)"]
     labels = [l for l in order if l in set(df.label)] + sorted(l for l in set(df.label) if l not in order)
     lines = ["| run | accuracy | held-out NLL/token | ELBO_4 | seeds |", "|---|---|---|---|---|"]
     for label in labels:
@@ -62,11 +65,39 @@ def table(results: str) -> str:
     return "\n".join(lines)
 
 
+CORRECTNESS_SQL = """
+select r.seed, (r.config->>'$.estep.num_samples')::int as k, m.iteration, m.name, m.value
+from metrics m join runs r using (run_id)
+where r.status = 'completed' and r.kind = 'bootstrap' and m.stage = 'estep'
+  and m.name in ('thought_correct_selected', 'thought_correct_random', 'thought_correct_best_of_k',
+                 'ess_annotated', 'ess_unannotated')
+"""
+CORRECTNESS_COLUMNS = [("thought_correct_selected", "selected"), ("thought_correct_random", "random sample"),
+                       ("thought_correct_best_of_k", "best of K"), ("ess_annotated", "ESS, answer chunks"),
+                       ("ess_unannotated", "ESS, question chunks")]
+
+
+def correctness_table(results: str) -> str:
+    """E-step thoughts that are the oracle derivation, per K and iteration (answer chunks), and ESS by chunk type."""
+    df = query_df(results, CORRECTNESS_SQL)
+    if df.empty:
+        return "(no E-step metrics)"
+    df = df.drop_duplicates(subset=["seed", "k", "iteration", "name"])
+    head = " | ".join(label for _, label in CORRECTNESS_COLUMNS)
+    lines = [f"| E-step | {head} | seeds |", "|---|" + "---|" * (len(CORRECTNESS_COLUMNS) + 1)]
+    for (k, it), g in df.groupby(["k", "iteration"]):
+        cells = [_fmt(g[g.name == name].value.tolist()) for name, _ in CORRECTNESS_COLUMNS]
+        lines.append(f"| K={k}, iter {it} | {' | '.join(cells)} | {g.seed.nunique()} |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.results_table", description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="results")
     args = parser.parse_args(argv)
     print(table(args.results))
+    print()
+    print(correctness_table(args.results))
 
 
 if __name__ == "__main__":

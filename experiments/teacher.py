@@ -1,10 +1,14 @@
-"""Teachers write one synthetic thought per chunk (PAPER.md "Teacher prompt").
+"""Teachers write one synthetic thought per chunk (docs/method.md "Teacher prompt").
 
 Kinds behind one interface, ``Teacher.thoughts(requests) -> list[str | None]``:
 - ``oracle``: the embedded corpus's worked solutions. A chunk whose sentences carry no oracle
-  reasoning (a question paragraph) gets None and stays raw text: the raw corpus omits reasoning only
-  before answers, and an invented restatement would teach the model filler.
-- ``lm``: a local model through an injected sampler callable ``generate(prompts, max_tokens, temperature)``.
+  reasoning (a question paragraph) is asked for only under ``data.thought_chunks=all`` and gets an
+  empty thought: the raw corpus omits reasoning only before answers, and an invented restatement
+  would teach the model filler. The E-step then samples every chunk from a format the model saw.
+- ``lm``: a local checkpoint (``teacher.model_path``) through ``generate(prompts, max_tokens, temperature)``;
+  by default experiments.teacher_lm.SamplerGenerate on the configured sampler (hf or vllm), built
+  on the first cache miss, seeded, with the chat template of an instruct model; it counts prompt
+  and generated tokens, and ``generation_flops`` = 2N per prompt token + 2N per generated token.
 - ``openai_compatible``: chat completions over HTTP (urllib), ``concurrency`` threads, retries with
   exponential backoff on network errors, 429 and 5xx.
 Every kind caches answers per (doc_id, chunk_index, prompt hash) in ``cache_dir/teacher_<kind>.jsonl``,
@@ -124,7 +128,9 @@ class OracleTeacher(Teacher):
 
     def _generate(self, items):
         for key, req in items:
-            self._store(key, req.oracle.strip() if req.oracle and req.oracle.strip() else None)
+            # "" (an empty thought) for a chunk without reasoning: asked for one (thought_chunks=all),
+            # the oracle's answer is that there is nothing to infer, not that it has no answer
+            self._store(key, req.oracle.strip() if req.oracle and req.oracle.strip() else "")
 
 
 def _clean(text: str) -> Optional[str]:
@@ -133,19 +139,88 @@ def _clean(text: str) -> Optional[str]:
 
 
 class LMTeacher(Teacher):
-    kind = "lm"
+    """A local model's thoughts through ``generate(prompts, max_tokens, temperature)``.
 
-    def __init__(self, cache_dir, generate: Generate, max_tokens: int, temperature: float, settings: dict):
+    ``generate`` returns per prompt either a str (a stand-in) or an experiments.teacher_lm.Generation
+    whose prompt and generated token counts are cached with the thought. ``prompt_tokens``,
+    ``generated_tokens`` and ``generation_flops`` cover the thoughts of the last ``thoughts()`` call,
+    including ones a crashed earlier attempt generated and cached (their compute was spent for this
+    output and never reported). FLOPs: 2N per prompt token (prefill) + 2N per generated token,
+    N = ``num_params`` (the generate function's, else 0). Misses go to ``generate`` ``group_size`` at a
+    time and are cached after each group, so a crash loses one group at most.
+    """
+
+    kind = "lm"
+    group_size = 256
+
+    def __init__(self, cache_dir, generate: Generate, max_tokens: int, temperature: float, settings: dict,
+                 num_params: Optional[int] = None):
         super().__init__(cache_dir, settings)
         self.generate, self.max_tokens, self.temperature = generate, max_tokens, temperature
+        self._num_params = num_params
+        self._counts: dict[tuple[str, int, str], tuple[int, int]] = {}
+        self._last_keys: list[tuple[str, int, str]] = []
+        if self.cache_path is not None and self.cache_path.exists():
+            for line in self.cache_path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                key = (row["doc_id"], row["chunk_index"], row["prompt_hash"])
+                self._counts[key] = (int(row.get("prompt_tokens", 0)), int(row.get("generated_tokens", 0)))
+
+    @property
+    def num_params(self) -> int:
+        if self._num_params is None:
+            self._num_params = int(getattr(self.generate, "num_params", 0) or 0)
+        return self._num_params
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(self._counts.get(k, (0, 0))[0] for k in self._last_keys)
+
+    @property
+    def generated_tokens(self) -> int:
+        return sum(self._counts.get(k, (0, 0))[1] for k in self._last_keys)
+
+    @property
+    def generation_flops(self) -> float:
+        tokens = self.prompt_tokens + self.generated_tokens
+        return 2.0 * self.num_params * tokens if tokens else 0.0
+
+    def thoughts(self, requests: Sequence[ThoughtRequest]) -> list[Optional[str]]:
+        out = super().thoughts(requests)
+        self._last_keys = list(dict.fromkeys(self._key(r) for r in requests))
+        return out
+
+    def _store(self, key, thought, prompt_tokens: int = 0, generated_tokens: int = 0) -> None:
+        with self._lock:
+            self._cache[key] = thought
+            self._counts[key] = (prompt_tokens, generated_tokens)
+            if self.cache_path is not None:
+                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.cache_path, "a", encoding="utf-8") as f:
+                    row = {"doc_id": key[0], "chunk_index": key[1], "prompt_hash": key[2], "thought": thought,
+                           "prompt_tokens": prompt_tokens, "generated_tokens": generated_tokens}
+                    f.write(json.dumps(row) + "\n")
 
     def _generate(self, items):
-        outputs = self.generate([self.prompt(r) for _, r in items], self.max_tokens, self.temperature)
-        self.requests_sent += len(items)
-        if len(outputs) != len(items):
-            raise TeacherError(f"lm teacher: sampler returned {len(outputs)} outputs for {len(items)} prompts")
-        for (key, _), out in zip(items, outputs):
-            self._store(key, _clean(out))
+        try:
+            for start in range(0, len(items), self.group_size):
+                group = items[start : start + self.group_size]
+                outputs = self.generate([self.prompt(r) for _, r in group], self.max_tokens, self.temperature)
+                self.requests_sent += len(group)
+                if len(outputs) != len(group):
+                    raise TeacherError(f"lm teacher: sampler returned {len(outputs)} outputs for {len(group)} prompts")
+                for (key, _), out in zip(group, outputs):
+                    if isinstance(out, str):
+                        self._store(key, _clean(out))
+                    else:
+                        self._store(key, _clean(out.text), int(out.prompt_tokens), int(out.generated_tokens))
+        finally:
+            close = getattr(self.generate, "close", None)
+            if close is not None:  # free the model (a vLLM engine must not outlive its use)
+                close()
 
 
 class OpenAICompatibleTeacher(Teacher):
@@ -204,8 +279,15 @@ class OpenAICompatibleTeacher(Teacher):
             list(pool.map(one, items))  # list(): re-raise the first worker error here
 
 
-def build_teacher(teacher_cfg: dict, cache_dir: Optional[Path], generate: Optional[Generate] = None, **kwargs) -> Teacher:
-    """A Teacher from TeacherConfig fields; ``generate`` is the sampler callable for kind ``lm``."""
+def build_teacher(teacher_cfg: dict, cache_dir: Optional[Path], generate: Optional[Generate] = None, *,
+                  sampler_cfg: Optional[dict] = None, seed: int = 0, **kwargs) -> Teacher:
+    """A Teacher from TeacherConfig fields.
+
+    Kind ``lm``: ``generate`` is the sampler callable; without one, experiments.teacher_lm.SamplerGenerate
+    on ``teacher.model_path`` with ``sampler_cfg`` (the ``sampler`` config section: backend hf or vllm)
+    and ``seed``; it loads the model only on the first cache miss. ``kwargs`` go to the
+    openai_compatible teacher.
+    """
     from dataclasses import asdict
 
     from experiments.config import TeacherConfig
@@ -218,9 +300,15 @@ def build_teacher(teacher_cfg: dict, cache_dir: Optional[Path], generate: Option
     if kind == "oracle":
         return OracleTeacher(cache_dir)
     if kind == "lm":
+        settings = {**{k: teacher_cfg.get(k) for k in ("model_path", "temperature", "max_tokens")}, "seed": int(seed)}
         if generate is None:
-            raise ValueError("teacher.kind=lm needs a sampler: pass generate(prompts, max_tokens, temperature)")
-        settings = {k: teacher_cfg.get(k) for k in ("model_path", "temperature", "max_tokens")}
+            from experiments.teacher_lm import SamplerGenerate
+
+            if not teacher_cfg.get("model_path") or teacher_cfg["model_path"] == "???":
+                raise ValueError("teacher.kind=lm needs teacher.model_path (a local Hugging Face checkpoint)")
+            sampler_cfg = dict(sampler_cfg or {})
+            generate = SamplerGenerate(teacher_cfg["model_path"], sampler_cfg, seed)
+            settings["backend"] = sampler_cfg.get("backend", "hf")  # hf and vllm draw different samples
         return LMTeacher(cache_dir, generate, int(teacher_cfg["max_tokens"]), float(teacher_cfg["temperature"]), settings)
     if kind == "openai_compatible":
         return OpenAICompatibleTeacher(cache_dir, teacher_cfg, **kwargs)

@@ -85,7 +85,7 @@ def latent_token_ids(tok: PreTrainedTokenizerBase) -> dict[str, int]:
 
 
 def add_latent_tokens(tok: PreTrainedTokenizerBase, model: torch.nn.Module, seed: int = 0) -> dict[str, int]:
-    """Add the four latent tokens to a pretrained tokenizer and model (PAPER.md, "Data format").
+    """Add the four latent tokens to a pretrained tokenizer and model (docs/method.md "Data format").
 
     New embedding rows (and output rows when untied) are drawn from N(0, dim**-0.5): small, so the
     pretrained distribution over ordinary tokens barely moves before training sees them.

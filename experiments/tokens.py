@@ -1,4 +1,4 @@
-"""The four special tokens of the thought-augmented format (PAPER.md, "Data format")."""
+"""The four special tokens of the thought-augmented format (docs/method.md "Data format")."""
 
 SOL = "<|START_OF_LATENT|>"
 EOL = "<|END_OF_LATENT|>"

@@ -45,6 +45,8 @@ class SweepConfig:
     objectives: list[ObjectiveSpec] = field(default_factory=lambda: [ObjectiveSpec()])
     # Optuna params land at these dotted config paths, e.g. "estep.num_samples".
     search_space: dict[str, ParamSpec] = field(default_factory=dict)
+    # runs the trials are compared with, each an override list (platform/references.py)
+    references: list[list[str]] = field(default_factory=list)
     live_interval_s: float = 5.0
 
 

@@ -4,16 +4,23 @@ Rerunning the same command resumes the study: ``sweep.n_trials`` is the number o
 the study should hold, so a finished sweep adds none (it re-ingests and prints the summary), and
 trials left RUNNING by a killed driver are marked FAIL (user attr ``interrupted``) and re-enqueued
 with the same params; their runs resume from the stage cache.
+
+Params are drawn in the driver's thread right after ``ask``, so every trial in flight holds its
+params before the next is asked; over a finite space the sampler (``platform.study.UnvisitedSampler``)
+then never repeats a point while one is unvisited. A trial that repeats an earlier one anyway
+(every point visited, or a float space) records ``duplicate_of`` and whether it was a pure
+``cache_hit``.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import optuna
 from optuna.trial import TrialState
@@ -23,7 +30,9 @@ from platform.ingest import ingest_runs, ingest_study
 from platform.live import LiveView
 from platform.orchestrator import Orchestrator, Progress
 from platform.plan import describe
-from platform.study import build_sampler, open_study, suggest
+from platform.references import reference_specs
+from platform.rundir import RunDir
+from platform.study import build_sampler, name_metrics, open_study, suggest
 from platform.trial import apply_params, run_id_for, run_trial
 from platform.app import load_app
 
@@ -60,6 +69,21 @@ def recover_interrupted(study: optuna.Study) -> int:
     return len(stale)
 
 
+def _duplicate_of(study: optuna.Study, number: int, run_id: str) -> Optional[int]:
+    """The earliest other trial with the same run (the same params), not counting an interrupted
+    trial this one retries."""
+    for t in study.get_trials(deepcopy=False):
+        if t.number < number and t.user_attrs.get("run_id") == run_id and not t.user_attrs.get("interrupted"):
+            return t.number
+    return None
+
+
+def _all_cached(results: Path, run_id: str, since: float) -> bool:
+    """Whether every stage the run passed since ``since`` was a cache hit (nothing was submitted)."""
+    events = [e for e in RunDir(results, run_id).read_ledger() if e.get("t", 0) >= since]
+    return bool(events) and all(e.get("status") == "completed" and e.get("cached") for e in events)
+
+
 def _grid_left(study: optuna.Study, cfg: Any) -> int:
     import math
 
@@ -75,6 +99,7 @@ def dry_run(composed: Composed) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # an in-memory study with the sweep's own sampler: what the first trials would be (a grid in order)
     scratch = optuna.create_study(sampler=build_sampler(cfg.sweep), directions=[o.direction for o in cfg.sweep.objectives])
+    name_metrics(scratch, cfg.sweep)
     results = Path(cfg.paths.results)
     n = cfg.sweep.n_trials
     if cfg.sweep.sampler == "grid":
@@ -87,12 +112,16 @@ def dry_run(composed: Composed) -> None:
         plan = app.build_plan(spec.cfg)
         print(f"trial {i}: run {run_id_for(spec)} params={params}")
         print(describe(plan, results))
+    for label, spec in reference_specs(composed, cfg.sweep.study_name or cfg.experiment.name, tuple(app.RULES)):
+        print(f"reference {label}: run {run_id_for(spec)}")
+        print(describe(app.build_plan(spec.cfg), results))
 
 
 def run_sweep(composed: Composed) -> optuna.Study:
     cfg = composed.cfg
     results = Path(cfg.paths.results)
     name = cfg.sweep.study_name or cfg.experiment.name
+    references = reference_specs(composed, name, tuple(load_app().RULES))  # a bad entry stops us here
     study = open_study(cfg.sweep, results, name)
     study.set_user_attr("experiment", cfg.experiment.name)
     storage_label = cfg.sweep.storage or str(results / "optuna" / f"{name}.journal")
@@ -109,10 +138,19 @@ def run_sweep(composed: Composed) -> optuna.Study:
     objectives = [o.metric for o in cfg.sweep.objectives]
     single = len(objectives) == 1
 
-    def one_trial(trial: optuna.Trial) -> None:
-        params = suggest(trial, cfg.sweep.search_space)
+    def one_trial(trial: optuna.Trial, params: dict[str, Any]) -> None:
+        started = time.time()
         spec = apply_params(composed.raw, params, composed.overrides, study=name, trial=trial.number)
-        trial.set_user_attr("run_id", run_id_for(spec))
+        run_id = run_id_for(spec)
+        trial.set_user_attr("run_id", run_id)
+        earlier = _duplicate_of(study, trial.number, run_id)
+        if earlier is not None:
+            trial.set_user_attr("duplicate_of", earlier)
+            print(f"[sweep] trial {trial.number} repeats the params of trial {earlier} (run {run_id})", flush=True)
+
+        def finish(values: Any = None, state: Any = None) -> None:
+            trial.set_user_attr("cache_hit", _all_cached(results, run_id, started))
+            _tell(study, trial, values, state=state)
 
         def report(stage: Any, metrics: dict[str, float], last: bool) -> None:
             if single and objectives[0] in metrics and stage.iteration is not None:
@@ -124,18 +162,18 @@ def run_sweep(composed: Composed) -> optuna.Study:
         try:
             _, metrics = run_trial(spec, orch, report)
         except optuna.TrialPruned:
-            _tell(study, trial, state=TrialState.PRUNED)
+            finish(state=TrialState.PRUNED)
         except Exception as exc:  # noqa: BLE001 - a failed trial must not stop the sweep
             trial.set_user_attr("error", "".join(traceback.format_exception_only(type(exc), exc)).strip()[-4000:])
-            _tell(study, trial, state=TrialState.FAIL)
+            finish(state=TrialState.FAIL)
             print(f"[sweep] trial {trial.number} failed: {exc}", file=sys.stderr)
         else:
             missing = [m for m in objectives if m not in metrics]
             if missing:
                 trial.set_user_attr("error", f"objective metric(s) {missing} not produced; got {sorted(metrics)}")
-                _tell(study, trial, state=TrialState.FAIL)
+                finish(state=TrialState.FAIL)
             else:
-                _tell(study, trial, [metrics[m] for m in objectives])
+                finish([metrics[m] for m in objectives])
         with _INGEST_LOCK:
             ingest_study(results, study, cfg.experiment.name, storage_label)
 
@@ -144,27 +182,45 @@ def run_sweep(composed: Composed) -> optuna.Study:
         target = min(target, len(_finished(study)) + _grid_left(study, cfg))
     live = LiveView(study, progress, target, interval_s=cfg.sweep.live_interval_s, finished=_finished)
     live.start()
+    # references beside the trials, one at a time: they share the stage cache and keep a core busy
+    # while trials wait on a stage another trial is computing
+    ref_pool = ThreadPoolExecutor(max_workers=1)
+    ref_runs = [(label, run_id_for(spec), ref_pool.submit(_run_reference, label, spec, orch)) for label, spec in references]
+    study.set_user_attr("references", {label: run_id for label, run_id, _ in ref_runs})
     try:
         with ThreadPoolExecutor(max_workers=cfg.sweep.parallel) as pool:
             running: set[Future] = set()
             while True:
                 want = target - len(_finished(study)) - len(running)
                 while want > 0 and len(running) < cfg.sweep.parallel:
-                    running.add(pool.submit(one_trial, study.ask()))
+                    trial = study.ask()
+                    # drawn here, not in the worker: the next ask sees this trial's params
+                    running.add(pool.submit(one_trial, trial, suggest(trial, cfg.sweep.search_space)))
                     want -= 1
                 if not running:
                     break
                 done, running = wait(running, return_when=FIRST_COMPLETED)
                 for fut in done:
                     fut.result()
+        for _, _, fut in ref_runs:
+            fut.result()
     except KeyboardInterrupt:
         _on_interrupt(orch)
         raise
     finally:
+        ref_pool.shutdown(wait=False, cancel_futures=True)
         live.stop()
         with _INGEST_LOCK:
             ingest_study(results, study, cfg.experiment.name, storage_label)
     return study
+
+
+def _run_reference(label: str, spec: Any, orch: Orchestrator) -> None:
+    """A reference run; its failure is reported and recorded in its run folder, and the sweep goes on."""
+    try:
+        run_trial(spec, orch)
+    except Exception as exc:  # noqa: BLE001 - a failed reference must not stop the trials
+        print(f"[sweep] reference {label} failed: {exc}", file=sys.stderr)
 
 
 def _on_interrupt(orch: Orchestrator) -> None:

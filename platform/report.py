@@ -6,6 +6,21 @@ from typing import Any
 
 from optuna.trial import TrialState
 
+from platform.failures import final_exception
+
+
+def _short(error: str, width: int = 500) -> str:
+    """One line of a trial's error, without the exception class the driver wraps it in: a known
+    error's one-line form (stage, message, log) as it is; for another, its first line and the
+    exception its traceback ends in."""
+    lines = error.strip().splitlines() or [""]
+    first = lines[0].removeprefix("platform.orchestrator.StageFailed: ")
+    found = final_exception(error) if len(lines) > 1 else None
+    if found:
+        message = (found[1].splitlines() or [""])[0]
+        first = f"{first} {found[0].rsplit('.', 1)[-1]}: {message}"
+    return first if len(first) <= width else first[: width - 3] + "..."
+
 
 def print_study_summary(study: Any, cfg: Any) -> None:
     trials = study.get_trials(deepcopy=False)
@@ -13,12 +28,45 @@ def print_study_summary(study: Any, cfg: Any) -> None:
     print(f"\nstudy {study.study_name}: {len(trials)} trials")
     for t in trials:
         values = "" if t.values is None else "  " + "  ".join(f"{n}={v:.4g}" for n, v in zip(names, t.values))
-        err = f"  error: {t.user_attrs['error'][:120]}" if t.state == TrialState.FAIL and "error" in t.user_attrs else ""
+        failed = t.state == TrialState.FAIL and "error" in t.user_attrs
+        err = f"  error: {_short(t.user_attrs['error'])}" if failed else ""
         note = "  (interrupted, retried)" if t.user_attrs.get("interrupted") else ""
         print(f"  #{t.number:<3} {t.state.name:<9} {t.params}{values}{err}{note}")
+    _print_by_iteration(study, cfg, trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
         best = study.best_trials if len(names) > 1 else [study.best_trial]
         label = "Pareto front" if len(names) > 1 else "best"
         print(f"{label}: " + ", ".join(f"#{t.number} {t.params}" for t in best))
     print(f"results: {cfg.paths.results}/platform.duckdb  (python -m platform.query \"select * from iterations\")")
+
+
+def _print_by_iteration(study: Any, cfg: Any, trials: list) -> None:
+    """The first objective after every evaluated iteration of each trial, then the references'."""
+    from platform.store import query_rows
+
+    metric = cfg.sweep.objectives[0].metric if cfg.sweep.objectives else "accuracy"
+    refs = dict(study.user_attrs.get("references") or {})
+    runs = {t.user_attrs["run_id"]: t for t in trials if t.user_attrs.get("run_id") and not t.user_attrs.get("interrupted")}
+    wanted = list(runs) + list(refs.values())
+    if not wanted:
+        return
+    try:
+        rows = query_rows(cfg.paths.results, f"""
+            select run_id, iteration, value from metrics
+            where stage = 'eval' and name = ? and run_id in ({", ".join("?" * len(wanted))})
+            order by run_id, iteration""", [metric, *wanted])
+    except Exception:  # noqa: BLE001 - no store yet (nothing ingested): the lines above say it all
+        return
+    series: dict[str, list[str]] = {}
+    for run_id, it, value in rows:
+        series.setdefault(run_id, []).append(f"{value:.3f}" if it is None else f"[{it}] {value:.3f}")
+    if any(r in series for r in runs):
+        print(f"{metric} by iteration ([0]: before any E-step, e.g. a warm start):")
+        for run_id, t in runs.items():
+            if run_id in series:
+                print(f"  #{t.number:<3} {t.params}  " + "  ".join(series[run_id]))
+    if refs:
+        print(f"references ({metric}):")
+        for label, run_id in refs.items():
+            print(f"  {label}: " + ("  ".join(series[run_id]) if run_id in series else "(no result)"))

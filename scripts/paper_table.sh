@@ -13,10 +13,8 @@ $PY -m platform.sweep experiment=synthetic_thoughts paths.results="$R" sweep.stu
     sweep.sampler=grid sweep.n_trials=3 sweep.parallel=2 "sweep.search_space={$SEEDS}"
 $PY -m platform.sweep experiment=raw_baseline paths.results="$R" sweep.study_name=table_raw sweep.pruner=none \
     sweep.sampler=grid sweep.n_trials=6 sweep.parallel=2 \
-    "sweep.search_space={experiment.baseline: {type: categorical, choices: [token_match, flop_match]}, $SEEDS}"
-# em.epochs=10: each EM iteration's M-step trains on 400 documents for 10 epochs (as many tokens as
-# the warm start's 20 epochs over 200), half the synthetic run's budget: what fit the session's CPU.
-$PY -m platform.sweep experiment=bootstrap paths.results="$R" sweep.study_name=table_bootstrap sweep.pruner=none em.epochs=10 \
+    "sweep.search_space={experiment.baseline: {type: categorical, choices: [raw_token_match, raw_flop_match]}, $SEEDS}"
+$PY -m platform.sweep experiment=bootstrap paths.results="$R" sweep.study_name=table_bootstrap sweep.pruner=none \
     sweep.sampler=grid sweep.n_trials=6 sweep.parallel=2 \
     "sweep.search_space={estep.num_samples: {type: categorical, choices: [1, 4]}, $SEEDS}"
 $PY -m experiments.results_table --results "$R"

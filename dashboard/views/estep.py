@@ -1,5 +1,6 @@
 """E-step diagnostics per iteration: log w, effective sample size, ELBO_1/2/4, thought lengths, the
-index of the selected sample and the shards' wall times, for one bootstrap run."""
+index of the selected sample, thought correctness against the oracle, ESS and ELBO by chunk type, and
+the shards' wall times, for one bootstrap run."""
 
 import pandas as pd
 import streamlit as st
@@ -50,6 +51,12 @@ g1.plotly_chart(figures.elbo_by_iteration(elbo), key="es_elbo")
 g1.caption(f"ELBO {source}.")
 g2.plotly_chart(figures.thought_lengths(samples), key="es_len")
 g1.plotly_chart(figures.selected_index(samples), key="es_sel")
+if logged["name"].isin(list(figures.CORRECTNESS_NAMES)).any():  # corpora with oracle derivations only
+    g1.plotly_chart(figures.thought_correctness(logged), key="es_correct")
+if (logged["name"] == "ess_annotated").any():
+    g2.plotly_chart(figures.by_chunk_type(logged, "ess"), key="es_ess_type")
+    g1.plotly_chart(figures.by_chunk_type(logged, "elbo_4" if (logged["name"] == "elbo_4").any() else "elbo_1"),
+                    key="es_elbo_type")
 shards = data.load(data.SHARDS_SQL, run_id)
 shards = shards[shards["iteration"].isin(chosen)]
 if len(shards):  # runs ingested before the shards table have none

@@ -44,7 +44,7 @@ def facts(results_db) -> dict:
     con = duckdb.connect(str(results_db), read_only=True)
     q = lambda sql: con.execute(sql).fetchall()  # noqa: E731
     kinds = {k for (k,) in q("SELECT DISTINCT kind FROM runs")}
-    refs = {f"raw-{(b or 'data').replace('_', '-')}" for (b,) in q(
+    refs = {f"raw-{(b or 'data').removeprefix('raw_').replace('_', '-')}" for (b,) in q(
         "SELECT DISTINCT coalesce(params->>'baseline', config->>'$.experiment.baseline') FROM runs r "
         "WHERE kind = 'raw' AND run_id IN (SELECT run_id FROM metrics WHERE stage = 'eval')")}
     if q("SELECT 1 FROM runs WHERE kind = 'synthetic' AND run_id IN (SELECT run_id FROM metrics WHERE stage = 'eval')"):
@@ -63,6 +63,11 @@ def facts(results_db) -> dict:
         has_estep=bool(q("SELECT 1 FROM estep_samples LIMIT 1")),
         has_chunk_text=bool(q("SELECT 1 FROM estep_samples WHERE chunk_text IS NOT NULL LIMIT 1")),
         has_shards=bool(q("SELECT 1 FROM shards WHERE run_id = (SELECT min(run_id) FROM estep_samples) LIMIT 1")),
+        # the E-step page's first run: thought correctness and the chunk-type split where it logged them
+        has_correctness=bool(q("SELECT 1 FROM metrics WHERE stage = 'estep' AND name = 'thought_correct_selected' "
+                               "AND run_id = (SELECT min(run_id) FROM estep_samples) LIMIT 1")),
+        has_chunk_types=bool(q("SELECT 1 FROM metrics WHERE stage = 'estep' AND name = 'ess_annotated' "
+                               "AND run_id = (SELECT min(run_id) FROM estep_samples) LIMIT 1")),
         has_trial_values=bool(q("SELECT 1 FROM trials WHERE \"values\" IS NOT NULL LIMIT 1")),
     )
     con.close()

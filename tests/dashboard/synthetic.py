@@ -74,8 +74,8 @@ def build_synthetic_results(
     # Reference runs: raw baselines and synthetic thoughts (one eval each), per seed.
     for seed in seeds:
         for experiment, kind, params, acc, tokens in [
-            ("raw_baseline", "raw", {"baseline": "token_match"}, 0.30, 4 * tokens_per_mstep),
-            ("raw_baseline", "raw", {"baseline": "flop_match"}, 0.35, 6 * tokens_per_mstep),
+            ("raw_baseline", "raw", {"baseline": "raw_token_match"}, 0.30, 4 * tokens_per_mstep),
+            ("raw_baseline", "raw", {"baseline": "raw_flop_match"}, 0.35, 6 * tokens_per_mstep),
             ("synthetic_thoughts", "synthetic", {}, 0.55, 4 * tokens_per_mstep),
         ]:
             run_id = f"{experiment}-{params.get('baseline', 'syn')}-s{seed}"
@@ -103,7 +103,11 @@ def build_synthetic_results(
                 add_eval(run_id, it, acc, seed)
                 for name, value in [("ess", k * 0.6), ("log_w_mean", -5.0 + it), ("selected_idx_mean", (k - 1) / 2),
                                     ("elbo_1", -3.0 + 0.2 * it), ("elbo_2", -2.9 + 0.2 * it), ("elbo_4", -2.8 + 0.2 * it),
-                                    ("thought_tokens_mean", length * 0.6)]:
+                                    ("thought_tokens_mean", length * 0.6),
+                                    ("thought_correct_selected", min(1.0, 0.2 * it * np.log2(2 * k))),
+                                    ("thought_correct_random", 0.15 * it), ("thought_correct_best_of_k", min(1.0, 0.3 * it * k)),
+                                    ("ess_annotated", k * 0.5), ("ess_unannotated", k * 0.8),
+                                    ("elbo_4_annotated", -4.0 + 0.3 * it), ("elbo_4_unannotated", -1.5 + 0.1 * it)]:
                     rows["metrics"].append((run_id, it, "estep", name, 0, float(value)))
                 for step in range(0, 50, 10):
                     rows["metrics"].append((run_id, it, "mstep", "loss", step, 3.0 - 0.02 * step - 0.1 * it))
@@ -127,13 +131,16 @@ def build_synthetic_results(
     db.unlink(missing_ok=True)
     con = duckdb.connect(str(db))
     con.execute(SCHEMA.read_text())
-    con.execute("INSERT INTO studies VALUES (?, 'bootstrap', ?, ?, ?, ?)",
+    con.execute("INSERT INTO studies (study, experiment, directions, storage, created_at, n_trials) "
+                "VALUES (?, 'bootstrap', ?, ?, ?, ?)",
                 [STUDY, ["maximize", "minimize"], str(results / "optuna" / f"{STUDY}.journal"), T0, trial])
     for table, data in rows.items():
         if data:
-            cols = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
+            # the rows fill the table's first columns; columns added to the schema later stay NULL
+            cols = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()][:len(data[0])]
             frame = pd.DataFrame(data, columns=cols)  # noqa: F841 (read by DuckDB's replacement scan)
-            con.execute(f"INSERT INTO {table} SELECT * FROM frame")
+            names = ", ".join('"' + c + '"' for c in cols)
+            con.execute(f"INSERT INTO {table} ({names}) SELECT * FROM frame")
     con.close()
     if journal:
         _write_journal(results, rows["trials"])

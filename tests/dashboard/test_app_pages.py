@@ -86,9 +86,12 @@ def test_estep_page_shows_diagnostics(dashboard_env, facts):
     if not facts["has_estep"]:
         pytest.skip("the fixture has no E-step samples")
     at = open_page("views/estep.py")
-    assert len(charts(at)) == 5 + facts["has_shards"]  # + shard wall times where the store has them
+    # + shard wall times, thought correctness and the chunk-type split (ESS, ELBO) where the store has them
+    assert len(charts(at)) == 5 + facts["has_shards"] + facts["has_correctness"] + 2 * facts["has_chunk_types"]
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in charts(at)]
     assert ("E-step shards: wall time" in titles) == facts["has_shards"]
+    assert ("Thoughts equal to the oracle derivation" in titles) == facts["has_correctness"]
+    assert ("ESS by chunk type" in titles) == facts["has_chunk_types"]
     k = int(at.metric[1].value)
     assert 1.0 <= float(at.metric[2].value.split("/")[0]) <= k
 

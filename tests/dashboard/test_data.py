@@ -24,7 +24,7 @@ def make_db(path, runs=(), stages=(), metrics=()):
     for s in stages:
         con.execute("INSERT INTO stages (run_id, stage, iteration, tokens_in, flops, gpu_hours) VALUES (?, ?, ?, ?, ?, ?)", s)
     for m in metrics:
-        con.execute("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)", m)
+        con.execute("INSERT INTO metrics (run_id, iteration, stage, name, step, value) VALUES (?, ?, ?, ?, ?, ?)", m)
     con.close()
     return path
 
@@ -127,7 +127,7 @@ def test_mean_and_standard_error_over_seeds():
     p = json.dumps({"estep.num_samples": 4, "seed": 1})
     df = frame([("a", "bootstrap", "bootstrap", None, 0, p, 1, 0.5, 10.0),
                 ("b", "bootstrap", "bootstrap", None, 1, p, 1, 0.7, 30.0),
-                ("c", "raw_baseline", "raw", "token_match", 0, "{}", 1, 0.1, 5.0)])
+                ("c", "raw_baseline", "raw", "raw_token_match", 0, "{}", 1, 0.1, 5.0)])
     agg = data.aggregate_over_seeds(df, "accuracy", "x")
     assert len(agg) == 1
     row = agg.iloc[0]
@@ -137,9 +137,9 @@ def test_mean_and_standard_error_over_seeds():
 
 
 def test_reference_levels_use_last_iteration_and_one_warm_start_per_seed():
-    df = frame([("r0", "raw_baseline", "raw", "token_match", 0, "{}", 1, 0.1, 1.0),
-                ("r0", "raw_baseline", "raw", "token_match", 0, "{}", 2, 0.3, 2.0),
-                ("f0", "raw_baseline", "raw", "flop_match", 0, "{}", 1, 0.4, 3.0),
+    df = frame([("r0", "raw_baseline", "raw", "raw_token_match", 0, "{}", 1, 0.1, 1.0),
+                ("r0", "raw_baseline", "raw", "raw_token_match", 0, "{}", 2, 0.3, 2.0),
+                ("f0", "raw_baseline", "raw", "raw_flop_match", 0, "{}", 1, 0.4, 3.0),
                 ("s0", "synthetic_thoughts", "synthetic", None, 0, "{}", 1, 0.5, 4.0),
                 ("b0", "bootstrap", "bootstrap", None, 0, "{}", 0, 0.4, 1.0),
                 ("b1", "bootstrap", "bootstrap", None, 0, "{}", 0, 0.4, 1.0),  # same warm start, another trial

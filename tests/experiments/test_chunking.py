@@ -30,7 +30,7 @@ def test_lengths_follow_the_seeded_poisson_draws():
     rng = np.random.default_rng(text_seed(" ".join(para[0])))
     expected = [min(int(rng.poisson(7.0)) + 1, 20) for _ in chunks]
     assert [len(c) for c in chunks[:-1]] == expected[:-1]
-    assert 7.0 < np.mean([len(c) for c in chunks[:-1]]) < 9.0  # about 8 on average (PAPER.md)
+    assert 7.0 < np.mean([len(c) for c in chunks[:-1]]) < 9.0  # about 8 on average (docs/method.md "Chunking")
     capped = chunk_document(para, 7.0, 3)
     assert max(len(c) for c in capped) == 3
     assert all(len(c) == 1 for c in chunk_document(para, 0.0, 20))

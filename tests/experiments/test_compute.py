@@ -9,7 +9,7 @@ from experiments import compute
 
 
 def test_train_and_inference_flops_by_hand():
-    # TinyLlama 1.1B on 13B tokens (PAPER.md): 6 * 1.1e9 * 13e9 = 8.58e19
+    # TinyLlama 1.1B on 13B tokens (docs/method.md "The paper's scale"): 6 * 1.1e9 * 13e9 = 8.58e19
     assert compute.train_flops(1_100_000_000, 13_000_000_000) == pytest.approx(8.58e19)
     assert compute.train_flops(620_000, 1_420_000) == 6 * 620_000 * 1_420_000
     assert compute.inference_flops(620_000, 1_000) == 1_240_000_000

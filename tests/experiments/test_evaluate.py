@@ -38,7 +38,7 @@ class Scripted:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         return SampleOut(ids, [-0.1] * len(ids), self.tokenizer.decode(ids), finished)
 
-    def sample(self, prompts_ids, n, max_tokens, temperature=1.0, stop_token_id=None, seed=0):
+    def sample(self, prompts_ids, n, max_tokens, temperature=1.0, stop_token_id=None, seed=0, banned_token_ids=()):
         self.calls.append({"prompts": prompts_ids, "n": n, "max_tokens": max_tokens, "t": temperature, "stop": stop_token_id})
         texts = self.thoughts if len(self.calls) == 1 and self.thoughts else self.answers
         return [[self._out(t, True)] for t in texts]

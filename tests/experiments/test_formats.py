@@ -111,6 +111,11 @@ def test_eval_prompt_is_what_training_text_holds_before_the_answer():
     assert train_text.startswith(latent + THOUGHTS[1] + EOL + answer_prefix())
     raw = eval_prompt(q, latent=False)
     assert "".join(CHUNKS).startswith(raw + answer_prefix())
+    # with empty thoughts on question chunks (the oracle under thought_chunks=all), the question
+    # reads as a prior-form chunk with an empty thought, as in training
+    empty = augment_document(CHUNKS, ["", THOUGHTS[1]], ["prior", "prior"])
+    assert empty.startswith(eval_prompt(q, latent=True, empty_question_thought=True) + THOUGHTS[1] + EOL)
+    assert eval_prompt(q, latent=False, empty_question_thought=True) == raw
     assert parse_answer(" 26.") is None and parse_answer("Answer: 26.") == "26"
     assert parse_answer("x=3<|END_OF_LATENT|>Answer: -4.\n\n") == "-4"
 
@@ -145,3 +150,29 @@ def test_build_training_texts_mixing_and_determinism():
         build_training_texts(docs[:1], {"d0": ["z"]}, "random", 0.0, seed=1)
     with pytest.raises(ValueError, match="raw_mix_ratio=1.5"):
         build_training_texts(docs, thoughts, "random", 1.5, seed=1)
+
+
+def test_every_reading_of_the_corpus_flips_fresh_coins():
+    """build_train's views: (iteration, view) draws give each epoch and EM iteration its own forms,
+    reproducibly; no draw is the frozen coin of (seed, document) alone."""
+    docs = [make_document(f"d{i}", [Problem(f"What is {i}+2?", str(i + 2), f"{i}+2={i + 2}.", "arith")] * 2)
+            for i in range(40)]
+    thoughts = {d.doc_id: ["", f"z{d.doc_id}", "", f"z{d.doc_id}"] for d in docs}
+    read = {draw: build_training_texts(docs, thoughts, "random", 0.0, seed=1, draw=draw)
+            for draw in [(), (0, 0), (0, 1), (1, 0)]}
+    assert read[()] == build_training_texts(docs, thoughts, "random", 0.0, seed=1)  # frozen: the old coin
+    for a, b in [((0, 0), (0, 1)), ((0, 0), (1, 0)), ((), (0, 0))]:
+        changed = sum(x != y for x, y in zip(read[a], read[b]))
+        assert changed >= 30, (a, b, changed)  # 4 fair coins per document: ~94% of documents differ
+    assert read[(0, 1)] == build_training_texts(docs, thoughts, "random", 0.0, seed=1, draw=(0, 1))
+    # the raw-mix coin is drawn per reading too
+    mixed = [build_training_texts(docs, thoughts, "random", 0.5, seed=1, draw=(0, v)) for v in range(2)]
+    raw = [{d.doc_id for t, d in zip(m, docs) if t == d.text} for m in mixed]
+    assert raw[0] != raw[1]
+
+
+def test_batched_encoding_equals_one_by_one(tok):
+    from experiments.formats import encode_document, encode_documents
+
+    texts = ["Q: 3*7+5?\n\nAnswer: 26.", f"{SOL}{PRIOR}3*7=21.{EOL}Answer: 21.", ""]
+    assert encode_documents(tok, texts) == [encode_document(tok, t) for t in texts]

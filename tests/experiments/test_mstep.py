@@ -89,6 +89,26 @@ def test_batch_indices_cover_each_epoch_once_and_reshuffle():
     assert not np.array_equal(mstep.batch_indices(1, b, n, seed=4), stream[:4])
 
 
+def test_epoch_e_reads_view_e_mod_views_once_each():
+    """A training set packed as views (fresh coins per epoch): epoch e is a permutation of view
+    e mod V's windows; epochs and steps count each view's own length."""
+    views, b = [5, 7, 6], 4
+    offsets = [0, 5, 12, 18]
+    n_epochs = 7
+    total = sum(views[e % 3] for e in range(n_epochs))
+    stream = np.concatenate([mstep.batch_indices(s, b, views, seed=3) for s in range(1, total // b + 2)])[:total]
+    at = 0
+    for e in range(n_epochs):
+        v = e % 3
+        part = stream[at: at + views[v]]
+        assert sorted(part) == list(range(offsets[v], offsets[v + 1])), e
+        at += views[v]
+    assert mstep.epoch_windows(views, 2.5) == 5 + 7 + 0.5 * 6
+    assert mstep.total_steps({"batch_size": 4, "epochs": 2.5}, views, 16) == 4  # ceil(15/4)
+    # one view is the plain per-epoch reshuffle
+    assert np.array_equal(mstep.batch_indices(3, 4, [10], seed=3), mstep.batch_indices(3, 4, 10, seed=3))
+
+
 def test_train_writes_model_metrics_checkpoints(tmp_path, inputs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

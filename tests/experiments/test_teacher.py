@@ -72,9 +72,9 @@ def test_build_requests_pairs_chunks_with_prefix_and_oracle():
     assert reqs[0].prefix == "" and reqs[1].prefix == "What is 3*7+5?\n\n" and reqs[1].suffix == "Answer: 26.\n\n"
 
 
-def test_oracle_teacher_returns_worked_solutions_and_none_elsewhere(tmp_path):
+def test_oracle_teacher_returns_worked_solutions_and_empty_thoughts_elsewhere(tmp_path):
     t = build_teacher({"kind": "oracle"}, tmp_path)
-    assert t.thoughts(build_requests(DOC)) == [None, "3*7=21. 21+5=26.", None, "10-4=6. 6/2=3. So x=3."]
+    assert t.thoughts(build_requests(DOC)) == ["", "3*7=21. 21+5=26.", "", "10-4=6. 6/2=3. So x=3."]
     assert t.requests_sent == 0
 
 
@@ -104,8 +104,8 @@ def test_lm_teacher_uses_the_injected_sampler_and_caches(tmp_path):
     hotter = build_teacher({**cfg, "temperature": 1.0}, tmp_path, generate=generate)
     hotter.thoughts(reqs[:1])
     assert hotter.requests_sent == 1  # another temperature is another answer
-    with pytest.raises(ValueError, match="teacher.kind=lm needs a sampler"):
-        build_teacher(cfg, tmp_path)
+    with pytest.raises(FileNotFoundError, match="teacher.model_path=/m: no model checkpoint"):
+        build_teacher(cfg, tmp_path)  # without generate: the configured sampler on model_path
 
 
 def test_openai_compatible_counts_requests_and_rerun_sends_none(tmp_path, server, monkeypatch):

@@ -1,6 +1,7 @@
 """The three experiment kinds, end to end on the embedded default (shrunk), through the real CLI."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ def test_all_three_kinds_ran_and_were_recorded(real_results):
     kinds = dict(q(real_results, "select kind, count(*) from runs where status = 'completed' group by kind"))
     assert kinds == {"bootstrap": 2, "synthetic": 1, "raw": 2}
     assert q(real_results, "select count(*) from trials where state = 'COMPLETE' and study = 'em_compute'") == [(2,)]
+    # the references ran in the same sweep: recorded under its study, with no trial number
+    refs = q(real_results, "select kind, study, trial from runs where kind in ('raw', 'synthetic') order by kind")
+    assert refs == [("raw", "em_compute", None)] * 2 + [("synthetic", "em_compute", None)]
 
 
 def test_per_iteration_eval_metrics(real_results):
@@ -61,17 +65,33 @@ def test_estep_shards_are_recorded_with_their_compute(real_results):
 def test_compute_accounting_and_budgets(real_results):
     flops = dict(q(real_results, "select stage, sum(flops) from stages where not cached group by stage"))
     assert flops["mstep"] > 0 and flops["estep"] > 0 and flops["eval"] > 0
-    # raw-token-match trains on as many tokens as the synthetic run; FLOP-match on more (its budget
-    # adds the thoughts' generation FLOPs; trained tokens are then rounded up to whole steps)
+    # BoLT's definitions (bin/exp_setups/bootstrap_fixed_data.sh): raw-token-match trains on as many
+    # raw tokens as the latent run saw (its epochs over the same raw text); raw-FLOP-match on as many
+    # tokens as the latent run trained on, thoughts included
+    # a raw run's stages also list the synthetic reference it matches; its own M-step has the budget
     rows = q(real_results, """
-        select r.config->>'$.experiment.baseline', s.tokens_in, s.artifact_dir from stages s join runs r using (run_id)
-        where r.kind = 'raw' and s.stage = 'mstep'""")
-    budget = {b: json.loads((Path(d) / "_COMPLETE.json").read_text())["summary"]["train_tokens_budget"] for b, _, d in rows}
-    trained = {b: t for b, t, _ in rows}
+        select r.config->>'$.experiment.baseline', s.tokens_in, s.artifact_dir
+        from stages s join runs r using (run_id) where r.kind = 'raw' and s.stage = 'mstep'""")
+    summary, trained = {}, {}
+    for b, tokens, d in rows:
+        marker = json.loads((Path(d) / "_COMPLETE.json").read_text())["summary"]
+        if "train_tokens_budget" in marker:
+            summary[(b, "mstep")], trained[b] = marker, tokens
     synth = q(real_results, "select s.tokens_in from stages s join runs r using (run_id) where r.kind='synthetic' and s.stage='mstep'")[0][0]
-    assert budget["flop_match"] > budget["token_match"]
-    assert trained["flop_match"] >= trained["token_match"]
-    assert abs(trained["token_match"] - synth) / synth < 0.1
+    raw_tokens = summary[("raw_token_match", "mstep")]["raw_tokens"]
+    builds = q(real_results, """
+        select s.artifact_dir from stages s join runs r using (run_id)
+        where r.config->>'$.experiment.baseline' = 'raw_token_match' and s.stage = 'build_train'""")
+    assert raw_tokens == min(json.loads(  # its own raw training set, the smallest it lists(Path(d) / "_COMPLETE.json").read_text())["summary"]["num_tokens"]
+                             for (d,) in builds)
+    assert summary[("raw_token_match", "mstep")]["train_tokens_budget"] == math.ceil(2 * raw_tokens)  # mstep.epochs=2
+    assert summary[("raw_flop_match", "mstep")]["train_tokens_budget"] == synth
+    assert summary[("raw_flop_match", "mstep")]["reference_tokens"] == synth
+    assert raw_tokens < synth / 2  # thoughts add tokens: the two baselines differ
+    # trained tokens are the budget rounded up to whole steps of batch_size x window
+    for b in ("raw_token_match", "raw_flop_match"):
+        budget = summary[(b, "mstep")]["train_tokens_budget"]
+        assert budget <= trained[b] + 8 * 128
 
 
 def test_every_number_traces_to_its_run_folder(real_results):

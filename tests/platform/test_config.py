@@ -21,8 +21,8 @@ from tests.platform.conftest import run_cli
 ])
 def test_bad_value_is_one_clear_error(override, field, allowed):
     argv = ["experiment=em_compute", override]
-    if override.startswith("data.path"):
-        argv.append("data=jsonl")
+    if override.startswith("data.path"):  # a run that needs no teacher: the oracle has no thoughts for a jsonl corpus
+        argv = ["experiment=raw_baseline", "experiment.baseline=none", "data=jsonl", override]
     with pytest.raises(ConfigError) as info:
         load(argv)
     msg = str(info.value)
@@ -50,7 +50,7 @@ def test_overrides_reach_the_typed_config():
     assert (c.estep.num_samples, c.data.raw_mix_ratio, c.em.iterations) == (8, 0.25, 3)
     assert (c.sweep.n_trials, c.sweep.parallel, c.seed, c.paths.results) == (2, 1, 7, "/tmp/x")
     assert c.estep.max_thought_tokens == 16 and c.experiment.kind == "bootstrap"
-    assert c.sweep.search_space["estep.num_samples"].choices == [1, 2, 4, 8]
+    assert c.sweep.search_space["estep.num_samples"].choices == [1, 4]
 
 
 @pytest.mark.parametrize("name, kind", [("raw_baseline", "raw"), ("synthetic_thoughts", "synthetic"),
@@ -74,6 +74,6 @@ def test_cfg_job_prints_resolved_config():
 def test_dry_run_prints_stage_graph_with_cache_keys_and_runs_nothing(tmp_path):
     out = run_cli("platform.sweep", "experiment=em_compute", "dry_run=true", f"paths.results={tmp_path}/r")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("trial ") == 4
+    assert out.stdout.count("trial ") == 2  # em_compute: K in {1, 4}
     assert "estep[1]" in out.stdout and "key=" in out.stdout and "[to run]" in out.stdout
     assert not (tmp_path / "r").exists()
