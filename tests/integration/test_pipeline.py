@@ -82,7 +82,8 @@ def test_compute_accounting_and_budgets(real_results):
     builds = q(real_results, """
         select s.artifact_dir from stages s join runs r using (run_id)
         where r.config->>'$.experiment.baseline' = 'raw_token_match' and s.stage = 'build_train'""")
-    assert raw_tokens == min(json.loads(  # its own raw training set, the smallest it lists(Path(d) / "_COMPLETE.json").read_text())["summary"]["num_tokens"]
+    # its own raw training set: the smallest the run lists
+    assert raw_tokens == min(json.loads((Path(d) / "_COMPLETE.json").read_text())["summary"]["num_tokens"]
                              for (d,) in builds)
     assert summary[("raw_token_match", "mstep")]["train_tokens_budget"] == math.ceil(2 * raw_tokens)  # mstep.epochs=2
     assert summary[("raw_flop_match", "mstep")]["train_tokens_budget"] == synth
