@@ -11,6 +11,7 @@ from experiments.samplers.vllm import engine_kwargs, request_seed
 
 
 def test_smollm2_config_points_at_the_built_checkpoint(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text("{}")  # validation asks for a Hugging Face checkpoint folder
     monkeypatch.setenv("SMOLLM2_DIR", str(tmp_path))
     cfg = load(["model=smollm2_135m"]).cfg
     assert cfg.model.path == str(tmp_path) and cfg.model.vocab_size == 49152 + 4
@@ -24,19 +25,24 @@ def test_tinyllama_needs_a_path(tmp_path, monkeypatch):
     monkeypatch.delenv("TINYLLAMA_PATH", raising=False)
     with pytest.raises(Exception, match="TINYLLAMA_PATH"):
         load(["model=tinyllama_1b"])
+    (tmp_path / "config.json").write_text("{}")
     cfg = load(["model=tinyllama_1b", f"model.path={tmp_path}"]).cfg
     assert (cfg.model.num_layers, cfg.model.hidden_size, cfg.model.num_kv_heads) == (22, 2048, 4)
     assert cfg.model.max_position_embeddings == 2048 and cfg.model.dtype == "bfloat16"
 
 
 def test_finemath_validates_its_corpus_file(tmp_path, monkeypatch):
+    # a raw run: the default oracle teacher is rejected on a corpus without worked solutions
+    raw = ["data=finemath", "experiment=raw_baseline", "experiment.baseline=none"]
     monkeypatch.delenv("FINEMATH_PATH", raising=False)
     with pytest.raises(ConfigError, match="data.path"):
-        load(["data=finemath"])
+        load(raw)
     corpus = tmp_path / "finemath.parquet"
     pd.DataFrame({"text": ["One. Two.", "Three. Four."]}).to_parquet(corpus)
     monkeypatch.setenv("FINEMATH_PATH", str(corpus))
-    cfg = load(["data=finemath"]).cfg
+    with pytest.raises(ConfigError, match="teacher.kind"):
+        load(["data=finemath"])
+    cfg = load(raw).cfg
     assert cfg.data.path == str(corpus) and cfg.data.window == 2048 and cfg.data.text_column == "text"
 
 
