@@ -196,7 +196,6 @@ def control_token_ids(tok: Any) -> list[int]:
     ids = {getattr(tok, f"{n}_token_id", None) for n in ("pad", "bos", "eos")}
     ids |= set(tok.convert_tokens_to_ids([SOL, PRIOR, POSTERIOR]))
     ids.discard(None)
-    ids.discard(tok.unk_token_id if getattr(tok, "unk_token", None) in (SOL, PRIOR, POSTERIOR) else None)
     ids.discard(tok.convert_tokens_to_ids(EOL))
     return sorted(int(i) for i in ids)
 

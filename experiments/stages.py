@@ -81,7 +81,7 @@ def _chunks_of(doc: Any, data: dict[str, Any]) -> tuple[list[list[int]], list[st
 
 def teacher_thoughts(ctx: Any) -> dict[str, Any]:
     """One teacher thought per chunk (the previous chunk as prefix) for the chosen documents."""
-    from experiments.estep import check_thoughts, expected_thought_chunks
+    from experiments.estep import check_thoughts, chunk_oracles, expected_thought_chunks
     from experiments.teacher import TeacherError, ThoughtRequest, build_teacher
     from experiments.tokenization import load_tokenizer
 
@@ -92,13 +92,13 @@ def teacher_thoughts(ctx: Any) -> dict[str, Any]:
         docs = [d for d in docs if d.doc_id in keep]
     requests, owners = [], []
     for doc in docs:
-        sentence_ids, texts = _chunks_of(doc, data)
+        texts = _chunks_of(doc, data)[1]
         expected = expected_thought_chunks(doc, data)  # the E-step samples exactly these chunks
-        for i, (sids, text) in enumerate(zip(sentence_ids, texts)):
+        oracles = chunk_oracles(doc, data["chunk_poisson_mean"], data["chunk_max_sentences"])
+        for i, text in enumerate(texts):
             if not expected[i]:
                 continue
-            oracle = " ".join(doc.oracle[s] for s in sids if doc.oracle.get(s)) or None
-            requests.append(ThoughtRequest(doc.doc_id, i, texts[i - 1] if i else "", text, oracle))
+            requests.append(ThoughtRequest(doc.doc_id, i, texts[i - 1] if i else "", text, oracles[i]))
             owners.append((doc.doc_id, len(texts)))
     if ctx.config["teacher"].get("kind", "oracle") == "oracle" and requests and not any(r.oracle for r in requests):
         raise TeacherError(
