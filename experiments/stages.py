@@ -90,7 +90,7 @@ def teacher_thoughts(ctx: Any) -> dict[str, Any]:
     if ctx.config["subset"] == "warm":
         keep = set(json.loads((ctx.inputs["data"] / "warm_docs.json").read_text()))
         docs = [d for d in docs if d.doc_id in keep]
-    requests, owners = [], []
+    requests = []
     for doc in docs:
         texts = _chunks_of(doc, data)[1]
         expected = expected_thought_chunks(doc, data)  # the E-step samples exactly these chunks
@@ -99,7 +99,6 @@ def teacher_thoughts(ctx: Any) -> dict[str, Any]:
             if not expected[i]:
                 continue
             requests.append(ThoughtRequest(doc.doc_id, i, texts[i - 1] if i else "", text, oracles[i]))
-            owners.append((doc.doc_id, len(texts)))
     if ctx.config["teacher"].get("kind", "oracle") == "oracle" and requests and not any(r.oracle for r in requests):
         raise TeacherError(
             f"teacher.kind=oracle: none of the {len(requests)} chunks of this corpus has a worked solution, so "
@@ -108,8 +107,8 @@ def teacher_thoughts(ctx: Any) -> dict[str, Any]:
                             seed=ctx.seed)
     thoughts = teacher.thoughts(requests)
     by_doc: dict[str, list[Optional[str]]] = {d.doc_id: [None] * len(_chunks_of(d, data)[1]) for d in docs}
-    for (doc_id, n), req, z in zip(owners, requests, thoughts):
-        by_doc[doc_id][req.chunk_index] = z
+    for req, z in zip(requests, thoughts):
+        by_doc[req.doc_id][req.chunk_index] = z
     check_thoughts(by_doc, docs, data, f"teacher ({ctx.config['teacher'].get('kind', 'oracle')})")
     docstore.save_thoughts(ctx.out_dir / "thoughts.jsonl", by_doc)
     tok = load_tokenizer(ctx.inputs["init"] / "model")

@@ -81,6 +81,7 @@ class Teacher:
         self.requests_sent = 0
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, int, str], Optional[str]] = {}
+        self._extra: dict[tuple[str, int, str], dict] = {}  # what a kind stores beside a thought (token counts)
         self.cache_path = Path(cache_dir) / f"teacher_{self.kind}.jsonl" if cache_dir is not None else None
         if self.cache_path is not None and self.cache_path.exists():
             for line in self.cache_path.read_text(encoding="utf-8").splitlines():
@@ -88,7 +89,9 @@ class Teacher:
                     row = json.loads(line)
                 except json.JSONDecodeError:  # a line cut short by a crash: that request is redone
                     continue
-                self._cache[(row["doc_id"], row["chunk_index"], row["prompt_hash"])] = row["thought"]
+                key = (row.pop("doc_id"), row.pop("chunk_index"), row.pop("prompt_hash"))
+                self._cache[key] = row.pop("thought")
+                self._extra[key] = row
 
     def prompt(self, req: ThoughtRequest) -> str:
         return teacher_prompt(req)
@@ -97,13 +100,14 @@ class Teacher:
         blob = json.dumps({"prompt": self.prompt(req), **self.settings}, sort_keys=True).encode("utf-8")
         return req.doc_id, req.chunk_index, hashlib.sha256(blob).hexdigest()[:20]
 
-    def _store(self, key: tuple[str, int, str], thought: Optional[str]) -> None:
+    def _store(self, key: tuple[str, int, str], thought: Optional[str], **extra: Any) -> None:
         with self._lock:
             self._cache[key] = thought
+            self._extra[key] = extra
             if self.cache_path is not None:
                 self.cache_path.parent.mkdir(parents=True, exist_ok=True)
                 with open(self.cache_path, "a", encoding="utf-8") as f:
-                    row = {"doc_id": key[0], "chunk_index": key[1], "prompt_hash": key[2], "thought": thought}
+                    row = {"doc_id": key[0], "chunk_index": key[1], "prompt_hash": key[2], "thought": thought, **extra}
                     f.write(json.dumps(row) + "\n")
 
     def thoughts(self, requests: Sequence[ThoughtRequest]) -> list[Optional[str]]:
@@ -158,16 +162,7 @@ class LMTeacher(Teacher):
         super().__init__(cache_dir, settings)
         self.generate, self.max_tokens, self.temperature = generate, max_tokens, temperature
         self._num_params = num_params
-        self._counts: dict[tuple[str, int, str], tuple[int, int]] = {}
         self._last_keys: list[tuple[str, int, str]] = []
-        if self.cache_path is not None and self.cache_path.exists():
-            for line in self.cache_path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                key = (row["doc_id"], row["chunk_index"], row["prompt_hash"])
-                self._counts[key] = (int(row.get("prompt_tokens", 0)), int(row.get("generated_tokens", 0)))
 
     @property
     def num_params(self) -> int:
@@ -175,13 +170,16 @@ class LMTeacher(Teacher):
             self._num_params = int(getattr(self.generate, "num_params", 0) or 0)
         return self._num_params
 
+    def _count(self, name: str) -> int:
+        return sum(int(self._extra.get(k, {}).get(name, 0)) for k in self._last_keys)
+
     @property
     def prompt_tokens(self) -> int:
-        return sum(self._counts.get(k, (0, 0))[0] for k in self._last_keys)
+        return self._count("prompt_tokens")
 
     @property
     def generated_tokens(self) -> int:
-        return sum(self._counts.get(k, (0, 0))[1] for k in self._last_keys)
+        return self._count("generated_tokens")
 
     @property
     def generation_flops(self) -> float:
@@ -192,17 +190,6 @@ class LMTeacher(Teacher):
         out = super().thoughts(requests)
         self._last_keys = list(dict.fromkeys(self._key(r) for r in requests))
         return out
-
-    def _store(self, key, thought, prompt_tokens: int = 0, generated_tokens: int = 0) -> None:
-        with self._lock:
-            self._cache[key] = thought
-            self._counts[key] = (prompt_tokens, generated_tokens)
-            if self.cache_path is not None:
-                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.cache_path, "a", encoding="utf-8") as f:
-                    row = {"doc_id": key[0], "chunk_index": key[1], "prompt_hash": key[2], "thought": thought,
-                           "prompt_tokens": prompt_tokens, "generated_tokens": generated_tokens}
-                    f.write(json.dumps(row) + "\n")
 
     def _generate(self, items):
         try:
@@ -216,7 +203,8 @@ class LMTeacher(Teacher):
                     if isinstance(out, str):
                         self._store(key, _clean(out))
                     else:
-                        self._store(key, _clean(out.text), int(out.prompt_tokens), int(out.generated_tokens))
+                        self._store(key, _clean(out.text), prompt_tokens=int(out.prompt_tokens),
+                                    generated_tokens=int(out.generated_tokens))
         finally:
             close = getattr(self.generate, "close", None)
             if close is not None:  # free the model (a vLLM engine must not outlive its use)
