@@ -2,7 +2,8 @@
 
 ``sweep.references`` lists override lists, e.g. ``[experiment=synthetic_thoughts]``. Each is composed
 like a command line: the sweep's own overrides (without ``experiment=`` and ``sweep.*``), then the
-reference's. The driver runs them beside the trials, in the same pool and stage cache, and records
+reference's. The driver runs them one at a time beside the trials, on the same orchestrator and
+stage cache, and records
 them under the study's name with no trial number, so the store, the dashboard and the summary hold
 the trials and what they are measured against side by side. A reference is a run like any other:
 a rerun of the sweep finds it finished in the cache.
