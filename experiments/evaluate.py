@@ -138,7 +138,8 @@ def run_eval(ctx) -> dict[str, Any]:
     if harness:
         include = None
         if LOCAL_TASK in harness:
-            include = write_local_task(problems, latent, out, int(ev["max_new_tokens"]), int(ev["max_thought_tokens"]))
+            include = write_local_task(problems, latent, out, int(ev["max_new_tokens"]), int(ev["max_thought_tokens"]),
+                                       bool(cfg.get("empty_question_thought", False)))
         results = run_harness(model_dir, harness, out, backend=cfg.get("sampler", {}).get("backend", "hf"),
                               include_path=include)
         for task, vals in results.items():

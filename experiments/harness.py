@@ -25,14 +25,14 @@ _NUMBER = r"-?[0-9][0-9,]*(?:\.[0-9]+)?"
 
 
 def write_local_task(problems: Sequence[Problem], latent: bool, out_dir: str | Path, max_new_tokens: int,
-                     max_thought_tokens: int) -> Path:
+                     max_thought_tokens: int, empty_question_thought: bool = False) -> Path:
     """``platform_heldout`` as an lm-eval task folder (YAML + JSONL) under ``out_dir``; returns the folder."""
     folder = Path(out_dir) / "harness_task"
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / "heldout.jsonl"
     with open(data, "w", encoding="utf-8") as f:
         for p in problems:
-            prompt = eval_prompt(p.question, latent) + ("" if latent else answer_prefix())
+            prompt = eval_prompt(p.question, latent, empty_question_thought) + ("" if latent else answer_prefix())
             f.write(json.dumps({"prompt": prompt, "answer": p.answer}) + "\n")
     # raw: the generation is the number after "Answer:"; latent: find it after the thought
     pattern = f"{answer_prefix()}\\s*({_NUMBER})" if latent else f"({_NUMBER})"
