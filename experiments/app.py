@@ -157,4 +157,5 @@ KNOWN_ERRORS: tuple[str, ...] = (
     "experiments.corpus.CorpusError",  # a corpus line the cheap check did not read
     "experiments.teacher.TeacherError",  # the teacher endpoint refused or gave up
     "FloatingPointError",  # the M-step loss went NaN/inf (experiments/mstep.py)
+    "experiments.estep.MissingThoughtError",  # a teacher or E-step chunk that needs a thought got none
 )

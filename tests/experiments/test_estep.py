@@ -234,3 +234,22 @@ def test_missing_doc_is_a_clear_error(tmp_path, docs, sampler):
     ctx = StageContext("estep", "k", tmp_path / "s", stage_config(), {"data": data, "model": model}, 1, 0, 1, 5)
     with pytest.raises(ValueError, match="nope-1"):
         estep.run_shard(ctx)
+
+
+def test_thought_correctness_and_chunk_types_by_hand():
+    """Two annotated chunks with K=2 and one question chunk: selected 1/2, random 2/4, best of K 2/2."""
+    rows = [  # (doc, chunk, k, correct, selected, annotated, log_w)
+        ("d", 0, 0, None, True, False, -1.0), ("d", 0, 1, None, False, False, -1.0),
+        ("d", 1, 0, True, True, True, -2.0), ("d", 1, 1, False, False, True, -3.0),
+        ("d", 2, 0, False, True, True, -1.0), ("d", 2, 1, True, False, True, -1.0),
+    ]
+    frame = pd.DataFrame(rows, columns=["doc_id", "chunk_id", "sample_idx", "thought_correct", "selected",
+                                        "annotated", "log_w"])
+    frame["thought"], frame["thought_tokens"], frame["finished"] = "", 3, True
+    m = estep.chunk_metrics(frame)
+    assert m["thought_correct_selected"] == 0.5 and m["thought_correct_random"] == 0.5
+    assert m["thought_correct_best_of_k"] == 1.0
+    assert m["ess_unannotated"] == pytest.approx(2.0)  # equal weights
+    ess_1 = 1.0 / (np.exp(-2.0) ** 2 + np.exp(-3.0) ** 2) * (np.exp(-2.0) + np.exp(-3.0)) ** 2
+    assert m["ess_annotated"] == pytest.approx((ess_1 + 2.0) / 2)
+    assert m["elbo_2_unannotated"] == pytest.approx(-1.0)
