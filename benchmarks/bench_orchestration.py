@@ -59,7 +59,7 @@ def time_stage(launcher: str, results: Path, sleep_s: float, tag: str, timeout_s
 
     cfg = launcher_config(launcher)
     poll = float(cfg.get("poll_interval_s", LauncherConfig().poll_interval_s))
-    stage = Stage(name="bench", fn="benchmarks.bench_orchestration:sleep_stage", config={"sleep_s": sleep_s, "tag": tag})
+    stage = Stage(name="bench", fn="benchmarks.bench_orchestration:sleep_stage", params={"sleep_s": sleep_s, "tag": tag})
     t0 = time.time()
     jobs = submit_stage(stage, results, cfg, results / "logs")
 

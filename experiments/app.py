@@ -8,7 +8,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.config import Config, register_configs  # noqa: F401 - used by platform.app
-from experiments.plans import build_plan  # noqa: F401
+from experiments.graphs import build_plan  # noqa: F401
 from platform.study import check_space
 from platform.validate import in_range, one_of
 

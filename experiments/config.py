@@ -129,7 +129,7 @@ class EMConfig:
 class ExperimentConfig:
     name: str = "bootstrap"
     kind: str = "bootstrap"  # raw | synthetic | bootstrap
-    # raw: raw_token_match | raw_flop_match | compute_match | none (BoLT's definitions; experiments/stages.py)
+    # raw: raw_token_match | raw_flop_match | compute_match | none (BoLT's definitions; experiments/baselines.py)
     baseline: str = "none"
     reference_experiment: str = "synthetic"  # raw baselines match this latent run's M-step: synthetic | bootstrap
     reference_iteration: Optional[int] = None  # bootstrap reference: its M-step of this iteration (None: the last)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from experiments.chunking import chunk_document, chunk_texts
 from experiments.corpus import Document
-from experiments.docstore import load_docs, save_thoughts
+from experiments.docstore import load_docs, load_thoughts, save_thoughts
 from experiments.formats import encode_parts, joint_parts, posterior_prompt, stable_seed
 from experiments.importance import effective_sample_size, elbo, log_weights, resample
 from experiments.samplers import Sampler, build_sampler
@@ -35,9 +36,7 @@ SAMPLE_COLUMNS = [
     "doc_id", "chunk_id", "sample_idx", "thought", "thought_tokens",
     "log_p_joint", "log_q", "log_w", "selected", "finished", "chunk_text", "annotated", "thought_correct",
 ]
-THOUGHT_CHUNKS = ("all", "annotated")
 ELBO_NS = (1, 2, 4)
-GROUP_DOCS = 8  # documents per resumable unit (estep.group_docs overrides)
 
 
 def checkpoint_num_params(model_dir: str | Path) -> int:
@@ -75,72 +74,86 @@ def infer_thoughts(
     chunks the corpus marks as carrying reasoning (``Document.oracle``), the others stay raw (None),
     which is what the oracle teacher does under the same setting.
 
+    Sample j of a chunk depends only on (seed, iteration, the chunk's prompt ids, j), and the
+    resampling draw only on (seed, iteration, document, chunk): not on which documents share a call,
+    a group or a shard, so the result does not depend on batching or sharding.
+
     At ``temperature != 1`` log q is the model's untempered density of the sampled ids (what the
     samplers record), so the weights are exact importance weights only at the paper's temperature 1.
     Control tokens other than the EoL stop cannot appear in a thought: the samplers mask them
     (``control_token_ids``) and log q is that of the masked distribution, EoL included.
     """
-    if num_samples < 1:
-        raise ValueError(f"estep.num_samples={num_samples} must be >= 1")
-    if thought_chunks not in THOUGHT_CHUNKS:
-        raise ValueError(f"data.thought_chunks={thought_chunks!r} is not one of {list(THOUGHT_CHUNKS)}")
     tok = sampler.tokenizer
     eol_ids = tok.encode(EOL, add_special_tokens=False)
     if len(eol_ids) != 1:
         raise ValueError(f"tokenizer encodes {EOL} as {eol_ids}; the E-step needs it as one stop token")
-    prompts, prefixes, pieces, keys, chunk_text, oracles = [], [], [], [], [], []
-    thoughts: dict[str, list[Optional[str]]] = {}
-    for doc in docs:
-        chunks = chunk_texts(doc, poisson_mean, max_sentences)
-        chunk_oracle = chunk_oracles(doc, poisson_mean, max_sentences)
-        thoughts[doc.doc_id] = [None] * len(chunks)
-        for i, chunk in enumerate(chunks):
-            if thought_chunks == "annotated" and chunk_oracle[i] is None:
-                continue
-            chunk_text.append(chunk)
-            oracles.append(chunk_oracle[i])
-            prompts.append(tok(posterior_prompt(chunks[:i], chunk, context_chunks))["input_ids"])
-            prefix_ids, piece_ids = encode_parts(tok, *joint_parts(chunks[:i], "", chunk, context_chunks))
-            prefixes.append(prefix_ids)
-            pieces.append(piece_ids)
-            keys.append((doc.doc_id, i))
-    if not prompts:
+    chunks, thoughts = _estep_chunks(tok, docs, context_chunks, poisson_mean, max_sentences, thought_chunks)
+    if not chunks:
         return [], thoughts, {"tokens_in": 0, "tokens_out": 0, "num_chunks": 0}
-
     samples = sampler.sample(
-        prompts, n=num_samples, max_tokens=max_thought_tokens, temperature=temperature,
+        [c.prompt for c in chunks], n=num_samples, max_tokens=max_thought_tokens, temperature=temperature,
         stop_token_id=eol_ids[0], seed=stable_seed("estep", seed, iteration) % 2**31,
         banned_token_ids=control_token_ids(tok),
     )
     score_prefixes, conts = [], []
-    for prefix_ids, (sol, prior, _, eol, body), outs in zip(prefixes, pieces, samples):
+    for c, outs in zip(chunks, samples):
+        sol, prior, _, eol, body = c.pieces
         for s in outs:  # the sampled Z ids verbatim, between the separately tokenized pieces
-            score_prefixes.append(prefix_ids)
+            score_prefixes.append(c.prefix)
             conts.append(sol + prior + list(s.token_ids) + eol + body)
     log_p = sampler.score(score_prefixes, conts)
-
     rows: list[dict[str, Any]] = []
-    for c, ((doc_id, chunk_id), outs) in enumerate(zip(keys, samples)):
-        lp = np.asarray(log_p[c * num_samples : (c + 1) * num_samples])
-        lq = np.asarray([s.logprob_sum for s in outs])
-        lw = log_weights(lp, lq)
-        pick = resample(lw, np.random.default_rng(stable_seed(seed, iteration, doc_id, chunk_id)))
-        thoughts[doc_id][chunk_id] = outs[pick].text
-        for k, s in enumerate(outs):
-            rows.append({
-                "doc_id": doc_id, "chunk_id": chunk_id, "sample_idx": k, "thought": s.text,
-                "thought_tokens": len(s.token_ids), "log_p_joint": float(lp[k]), "log_q": float(lq[k]),
-                "log_w": float(lw[k]), "selected": k == pick, "finished": bool(s.finished),
-                "chunk_text": chunk_text[c], "annotated": oracles[c] is not None,
-                "thought_correct": thought_matches(s.text, oracles[c]) if oracles[c] is not None else None,
-            })
-    generated = sum(len(s.token_ids) + int(s.finished) for outs in samples for s in outs)
+    for n, (c, outs) in enumerate(zip(chunks, samples)):
+        lp = np.asarray(log_p[n * num_samples : (n + 1) * num_samples])
+        lw = log_weights(lp, np.asarray([s.logprob_sum for s in outs]))
+        pick = resample(lw, np.random.default_rng(stable_seed(seed, iteration, c.doc_id, c.chunk_id)))
+        thoughts[c.doc_id][c.chunk_id] = outs[pick].text
+        rows += [_sample_row(c, k, s, float(lp[k]), float(lw[k]), k == pick) for k, s in enumerate(outs)]
     counts = {
-        "tokens_in": sum(map(len, prompts)) + sum(len(p) + len(c) for p, c in zip(score_prefixes, conts)),
-        "tokens_out": generated,
-        "num_chunks": len(keys),
+        "tokens_in": sum(len(c.prompt) for c in chunks) + sum(len(p) + len(c) for p, c in zip(score_prefixes, conts)),
+        "tokens_out": sum(len(s.token_ids) + int(s.finished) for outs in samples for s in outs),
+        "num_chunks": len(chunks),
     }
     return rows, thoughts, counts
+
+
+@dataclass
+class _Chunk:
+    doc_id: str
+    chunk_id: int
+    text: str
+    oracle: Optional[str]
+    prompt: list[int]  # the posterior prompt q samples from
+    prefix: list[int]  # the scoring sequence's context, then its pieces (SoL, PRIOR, -, EoL, X)
+    pieces: tuple[list[int], ...]
+
+
+def _estep_chunks(tok: Any, docs: Sequence[Document], context_chunks: int, poisson_mean: float, max_sentences: int,
+                  thought_chunks: str) -> tuple[list[_Chunk], dict[str, list[Optional[str]]]]:
+    """The chunks to sample (with their prompt and scoring pieces) and an empty thought list per doc."""
+    out: list[_Chunk] = []
+    thoughts: dict[str, list[Optional[str]]] = {}
+    for doc in docs:
+        texts = chunk_texts(doc, poisson_mean, max_sentences)
+        oracles = chunk_oracles(doc, poisson_mean, max_sentences)
+        thoughts[doc.doc_id] = [None] * len(texts)
+        for i, chunk in enumerate(texts):
+            if thought_chunks == "annotated" and oracles[i] is None:
+                continue
+            prefix, pieces = encode_parts(tok, *joint_parts(texts[:i], "", chunk, context_chunks))
+            out.append(_Chunk(doc.doc_id, i, chunk, oracles[i],
+                              tok(posterior_prompt(texts[:i], chunk, context_chunks))["input_ids"], prefix, tuple(pieces)))
+    return out, thoughts
+
+
+def _sample_row(c: _Chunk, k: int, s: Any, log_p: float, log_w: float, selected: bool) -> dict[str, Any]:
+    return {
+        "doc_id": c.doc_id, "chunk_id": c.chunk_id, "sample_idx": k, "thought": s.text,
+        "thought_tokens": len(s.token_ids), "log_p_joint": log_p, "log_q": float(s.logprob_sum),
+        "log_w": log_w, "selected": selected, "finished": bool(s.finished), "chunk_text": c.text,
+        "annotated": c.oracle is not None,
+        "thought_correct": thought_matches(s.text, c.oracle) if c.oracle is not None else None,
+    }
 
 
 def chunk_oracles(doc: Document, poisson_mean: float = 7.0, max_sentences: int = 20) -> list[Optional[str]]:
@@ -159,22 +172,22 @@ class MissingThoughtError(RuntimeError):
     presented as augmented (a silently wrong result)."""
 
 
-def expected_thought_chunks(doc: Document, data: dict[str, Any]) -> list[bool]:
+def expected_thought_chunks(doc: Document, chunking: Any, thought_chunks: str) -> list[bool]:
     """Which chunks of ``doc`` must carry a thought under ``data.thought_chunks``."""
-    oracles = chunk_oracles(doc, float(data.get("chunk_poisson_mean", 7.0)), int(data.get("chunk_max_sentences", 20)))
-    if data.get("thought_chunks", "all") == "annotated":
+    oracles = chunk_oracles(doc, chunking.chunk_poisson_mean, chunking.chunk_max_sentences)
+    if thought_chunks == "annotated":
         return [z is not None for z in oracles]
     return [True] * len(oracles)
 
 
-def check_thoughts(thoughts: dict[str, Sequence[Optional[str]]], docs: Sequence[Document], data: dict[str, Any],
-                   where: str) -> None:
+def check_thoughts(thoughts: dict[str, Sequence[Optional[str]]], docs: Sequence[Document], chunking: Any,
+                   thought_chunks: str, where: str) -> None:
     """Fail loudly, naming the count, where an expected thought is missing (None)."""
     missing = total = 0
     example = None
     for doc in docs:
         got = thoughts.get(doc.doc_id) or []
-        for i, want in enumerate(expected_thought_chunks(doc, data)):
+        for i, want in enumerate(expected_thought_chunks(doc, chunking, thought_chunks)):
             if want:
                 total += 1
                 if i >= len(got) or got[i] is None:
@@ -183,7 +196,7 @@ def check_thoughts(thoughts: dict[str, Sequence[Optional[str]]], docs: Sequence[
     if missing:
         raise MissingThoughtError(
             f"{where}: {missing} of {total} chunks that need a thought (data.thought_chunks="
-            f"{data.get('thought_chunks', 'all')}) came back with none, e.g. {example}; refusing to train on them")
+            f"{thought_chunks}) came back with none, e.g. {example}; refusing to train on them")
 
 
 def thought_matches(thought: str, oracle: str) -> bool:
@@ -276,55 +289,64 @@ def _load_group(cache: Path, g: int, doc_ids: list[str]):
     return pd.read_parquet(table), info
 
 
-def run_shard(ctx) -> dict[str, Any]:
-    """Stage entry: the E-step of shard ``ctx.shard_index`` of the documents in em_docs.json."""
-    cfg, est, data = ctx.config, ctx.config["estep"], ctx.config.get("data", {})
-    iteration = int(next((v for v in (cfg.get("iteration"), ctx.iteration) if v is not None), 0))
-    data_dir, model_dir = Path(ctx.inputs["data"]), Path(ctx.inputs["model"]) / "model"
+def _shard_groups(data_dir: Path, shard_index: int, num_shards: int,
+                  group_docs: int) -> tuple[dict[str, Document], dict[int, list[str]]]:
+    """All training documents by id, and this shard's groups of E-step documents by group number.
+
+    Groups are cut from the whole E-step document list and dealt to shards whole (group g to shard
+    g mod num_shards), so every sampler call sees the same documents whatever the shard count: the
+    E-step's output is the same, bit for bit, on 1 or 200 shards.
+    """
     docs = {d.doc_id: d for d in load_docs(data_dir / "train_docs.jsonl")}
     em_ids = json.loads((data_dir / "em_docs.json").read_text(encoding="utf-8"))
     missing = [d for d in em_ids if d not in docs]
     if missing:
         raise ValueError(f"{data_dir / 'em_docs.json'}: {len(missing)} doc_ids not in train_docs.jsonl, e.g. {missing[:3]}")
-    mine = em_ids[ctx.shard_index :: ctx.num_shards]
-    size = int(est.get("group_docs", GROUP_DOCS))
-    groups = [mine[i : i + size] for i in range(0, len(mine), size)]
+    groups = [em_ids[i : i + group_docs] for i in range(0, len(em_ids), group_docs)]
+    return docs, {g: ids for g, ids in enumerate(groups) if g % num_shards == shard_index}
+
+
+def _infer_group(sampler: Sampler, p: Any, docs: list[Document], shard_index: int) -> tuple[pd.DataFrame, dict]:
+    rows, zs, counts = infer_thoughts(
+        sampler, docs, num_samples=p.num_samples, max_thought_tokens=p.max_thought_tokens, temperature=p.temperature,
+        context_chunks=p.context_chunks, poisson_mean=p.chunking.chunk_poisson_mean,
+        max_sentences=p.chunking.chunk_max_sentences, seed=p.seed, iteration=p.iteration,
+        thought_chunks=p.thought_chunks)
+    check_thoughts(zs, docs, p.chunking, p.thought_chunks, f"E-step shard {shard_index}")
+    return pd.DataFrame(rows, columns=SAMPLE_COLUMNS), {"doc_ids": [d.doc_id for d in docs], "thoughts": zs,
+                                                        "counts": counts}
+
+
+def run_shard(ctx) -> dict[str, Any]:
+    """Stage entry: the E-step of shard ``ctx.shard_index`` of the documents in em_docs.json."""
+    p = ctx.params
+    data_dir, model_dir = Path(ctx.inputs["data"]), Path(ctx.inputs["model"]) / "model"
+    docs, groups = _shard_groups(data_dir, ctx.shard_index, ctx.num_shards, p.group_docs)
+    mine = [d for ids in groups.values() for d in ids]
     out = Path(ctx.out_dir)
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
-
     sampler = None
     frames, thoughts = [], {}
     totals = {"tokens_in": 0, "tokens_out": 0, "num_chunks": 0}
-    for g, ids in enumerate(tqdm(groups, desc=f"estep[{iteration}] shard {ctx.shard_index}", unit="group")):
+    for g, ids in tqdm(groups.items(), desc=f"estep[{p.iteration}] shard {ctx.shard_index}", unit="group"):
         cached = _load_group(cache, g, ids)
         if cached is None:
             if sampler is None:  # loaded lazily: a fully cached shard never loads the model
-                sampler = build_sampler(cfg.get("sampler", {}), model_dir)
-            rows, zs, counts = infer_thoughts(
-                sampler, [docs[d] for d in ids],
-                num_samples=int(est["num_samples"]), max_thought_tokens=int(est["max_thought_tokens"]),
-                temperature=float(est.get("temperature", 1.0)), context_chunks=int(est.get("context_chunks", 3)),
-                poisson_mean=float(data.get("chunk_poisson_mean", 7.0)),
-                max_sentences=int(data.get("chunk_max_sentences", 20)), seed=ctx.seed, iteration=iteration,
-                thought_chunks=str(data.get("thought_chunks", "all")),
-            )
-            check_thoughts(zs, [docs[d] for d in ids], data, f"E-step shard {ctx.shard_index}")
-            frame = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
-            info = {"doc_ids": ids, "thoughts": zs, "counts": counts}
+                sampler = build_sampler(p.sampler.as_dict(), model_dir)
+            frame, info = _infer_group(sampler, p, [docs[d] for d in ids], ctx.shard_index)
             table, meta = _group_paths(cache, g)
-            _write_atomic(table, lambda p: frame.to_parquet(p, index=False))
-            _write_atomic(meta, lambda p: p.write_text(json.dumps(info), encoding="utf-8"))
+            _write_atomic(table, lambda path: frame.to_parquet(path, index=False))
+            _write_atomic(meta, lambda path: path.write_text(json.dumps(info), encoding="utf-8"))
         else:
             frame, info = cached
         frames.append(frame)
         thoughts.update(info["thoughts"])
         for k in totals:
             totals[k] += int(info["counts"][k])
-
     samples = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SAMPLE_COLUMNS)
-    _write_atomic(out / "estep_samples.parquet", lambda p: samples.to_parquet(p, index=False))
-    _write_atomic(out / "thoughts.jsonl", lambda p: save_thoughts(p, {d: thoughts[d] for d in mine}))
+    _write_atomic(out / "estep_samples.parquet", lambda path: samples.to_parquet(path, index=False))
+    _write_atomic(out / "thoughts.jsonl", lambda path: save_thoughts(path, {d: thoughts[d] for d in mine}))
     n_params = checkpoint_num_params(model_dir)
     summary = {**totals, "num_docs": len(mine), "n_params": n_params,
                "flops": 2.0 * n_params * (totals["tokens_in"] + totals["tokens_out"])}
@@ -333,17 +355,26 @@ def run_shard(ctx) -> dict[str, Any]:
 
 
 def merge(ctx) -> dict[str, Any]:
-    """Stage merge: concatenate the shards' samples and thoughts, write metrics, sum the shards' compute."""
+    """Stage merge: the shards' samples and thoughts in one canonical order (the E-step documents'
+    order, then chunk, then sample index), metrics, and the sum of the shards' compute. The order
+    does not depend on the shard count, so neither does any byte of the merged output."""
     out = Path(ctx.out_dir)
-    shard_dirs = [out / "shards" / f"{i:05d}" for i in range(ctx.num_shards)]
+    shard_dirs = ctx.shard_dirs()
     absent = [str(d) for d in shard_dirs if not (d / "estep_summary.json").exists()]
     if absent:
         raise FileNotFoundError(f"E-step merge: shards without output: {absent}")
-    samples = pd.concat([pd.read_parquet(d / "estep_samples.parquet") for d in shard_dirs], ignore_index=True)
+    order = {d: i for i, d in enumerate(json.loads((Path(ctx.inputs["data"]) / "em_docs.json").read_text("utf-8")))}
+    parts = [pd.read_parquet(d / "estep_samples.parquet") for d in shard_dirs]
+    # a shard with no documents wrote an untyped empty table: concatenated, it would turn the float
+    # columns into objects and change how the metrics sum
+    samples = pd.concat([f for f in parts if len(f)] or parts[:1], ignore_index=True)
+    samples = (samples.assign(_doc=samples["doc_id"].map(order)).sort_values(["_doc", "chunk_id", "sample_idx"])
+               .drop(columns="_doc").reset_index(drop=True))
     samples.to_parquet(out / "estep_samples.parquet", index=False)
-    with open(out / "thoughts.jsonl", "w", encoding="utf-8") as f:
-        for d in shard_dirs:
-            f.write((d / "thoughts.jsonl").read_text(encoding="utf-8"))
+    thoughts: dict[str, list[Optional[str]]] = {}
+    for d in shard_dirs:
+        thoughts.update(load_thoughts(d / "thoughts.jsonl"))
+    save_thoughts(out / "thoughts.jsonl", {d: thoughts[d] for d in sorted(thoughts, key=order.__getitem__)})
     metrics = chunk_metrics(samples)
     ctx.write_metrics([{"name": k, "step": 0, "value": v} for k, v in metrics.items()])
     summary: dict[str, Any] = {"tokens_in": 0, "tokens_out": 0, "flops": 0.0, "num_chunks": 0, "num_docs": 0}

@@ -92,60 +92,60 @@ def chunk_logp_mean(sampler: Sampler, docs: Sequence[Document], context_chunks: 
 
 def run_eval(ctx) -> dict[str, Any]:
     """Stage entry: accuracy, NLL, chunk log p and (latent models) ELBO_1/2/4; eval_predictions.jsonl."""
-    cfg = ctx.config
-    ev, data, latent = cfg["eval"], cfg.get("data", {}), bool(cfg.get("latent", False))
-    iteration = int(next((v for v in (cfg.get("iteration"), ctx.iteration) if v is not None), 0))
+    p = ctx.params
     data_dir, model_dir = Path(ctx.inputs["data"]), Path(ctx.inputs["model"]) / "model"
     out = Path(ctx.out_dir)
     problems = load_problems(data_dir / "eval_problems.jsonl")
-    if ev.get("num_problems") is not None:
-        problems = problems[: int(ev["num_problems"])]
+    if p.num_problems is not None:
+        problems = problems[: p.num_problems]
     docs = load_docs(data_dir / "eval_docs.jsonl")
-    poisson, max_sent = float(data.get("chunk_poisson_mean", 7.0)), int(data.get("chunk_max_sentences", 20))
-    sampler = build_sampler(cfg.get("sampler", {}), model_dir)
-
-    rows, counts = greedy_answers(sampler, problems, latent, int(ev["max_thought_tokens"]), int(ev["max_new_tokens"]),
-                                  bool(cfg.get("empty_question_thought", False)))
+    sampler = build_sampler(p.sampler.as_dict(), model_dir)
+    rows, counts = greedy_answers(sampler, problems, p.latent, p.max_thought_tokens, p.max_new_tokens,
+                                  p.empty_question_thought)
     with open(out / "eval_predictions.jsonl", "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
     metrics: dict[str, float] = {"accuracy": float(np.mean([r["correct"] for r in rows])) if rows else float("nan")}
     metrics["num_problems"] = float(len(rows))
-    if latent and rows:
+    if p.latent and rows:
         metrics["thought_tokens_mean"] = float(np.mean([r["thought_tokens"] for r in rows]))
     nll, n_tok = heldout_nll(sampler, docs)
     metrics["nll"] = nll
     counts["tokens_in"] += n_tok + len(docs)
-    elbo_docs = docs[: int(ev.get("elbo_docs", 64))]
-    metrics["chunk_logp_mean"], scored = chunk_logp_mean(sampler, elbo_docs, 3, poisson, max_sent)
+    elbo_docs = docs[: p.elbo_docs]
+    metrics["chunk_logp_mean"], scored = chunk_logp_mean(sampler, elbo_docs, 3, p.chunking.chunk_poisson_mean,
+                                                         p.chunking.chunk_max_sentences)
     counts["tokens_in"] += scored
-    if latent and elbo_docs:
-        samples, _, c = infer_thoughts(
-            sampler, elbo_docs, num_samples=ELBO_SAMPLES, max_thought_tokens=int(ev["max_thought_tokens"]),
-            temperature=1.0, context_chunks=3, poisson_mean=poisson, max_sentences=max_sent, seed=ctx.seed,
-            iteration=iteration, thought_chunks=str(data.get("thought_chunks", "all")),
-        )
-        import pandas as pd
-
-        em = chunk_metrics(pd.DataFrame(samples))
-        metrics.update({k: em[k] for k in ("elbo_1", "elbo_2", "elbo_4") if k in em})
-        metrics["elbo_ess"] = em["ess"]
-        metrics.update({k: v for k, v in em.items() if k.endswith(("_annotated", "_unannotated"))})
-        counts["tokens_in"] += c["tokens_in"]
-        counts["tokens_out"] += c["tokens_out"]
-
-    harness = list(ev.get("harness_tasks") or [])
-    if harness:
-        include = None
-        if LOCAL_TASK in harness:
-            include = write_local_task(problems, latent, out, int(ev["max_new_tokens"]), int(ev["max_thought_tokens"]),
-                                       bool(cfg.get("empty_question_thought", False)))
-        results = run_harness(model_dir, harness, out, backend=cfg.get("sampler", {}).get("backend", "hf"),
-                              include_path=include)
-        for task, vals in results.items():
-            for name, v in vals.items():
-                if isinstance(v, (int, float)):
-                    metrics[f"harness/{task}/{name}"] = float(v)
+    if p.latent and elbo_docs:
+        _heldout_elbo(sampler, p, elbo_docs, metrics, counts)
+    if p.harness_tasks:
+        metrics.update(_harness_metrics(p, problems, model_dir, out))
     ctx.write_metrics([{"name": k, "step": 0, "value": v} for k, v in metrics.items()])
     n_params = checkpoint_num_params(model_dir)
     return {**counts, "flops": 2.0 * n_params * (counts["tokens_in"] + counts["tokens_out"]), **metrics}
+
+
+def _heldout_elbo(sampler: Any, p: Any, docs: list, metrics: dict[str, float], counts: dict[str, int]) -> None:
+    """ELBO_1/2/4 and ESS of held-out documents (ELBO_SAMPLES posterior thoughts per chunk)."""
+    import pandas as pd
+
+    samples, _, c = infer_thoughts(
+        sampler, docs, num_samples=ELBO_SAMPLES, max_thought_tokens=p.max_thought_tokens, temperature=1.0,
+        context_chunks=3, poisson_mean=p.chunking.chunk_poisson_mean, max_sentences=p.chunking.chunk_max_sentences,
+        seed=p.seed, iteration=p.iteration, thought_chunks=p.thought_chunks)
+    em = chunk_metrics(pd.DataFrame(samples))
+    metrics.update({k: em[k] for k in ("elbo_1", "elbo_2", "elbo_4") if k in em})
+    metrics["elbo_ess"] = em["ess"]
+    metrics.update({k: v for k, v in em.items() if k.endswith(("_annotated", "_unannotated"))})
+    counts["tokens_in"] += c["tokens_in"]
+    counts["tokens_out"] += c["tokens_out"]
+
+
+def _harness_metrics(p: Any, problems: list, model_dir: Path, out: Path) -> dict[str, float]:
+    include = None
+    if LOCAL_TASK in p.harness_tasks:
+        include = write_local_task(problems, p.latent, out, p.max_new_tokens, p.max_thought_tokens,
+                                   p.empty_question_thought)
+    results = run_harness(model_dir, list(p.harness_tasks), out, backend=p.sampler.backend, include_path=include)
+    return {f"harness/{task}/{name}": float(v) for task, vals in results.items() for name, v in vals.items()
+            if isinstance(v, (int, float))}

@@ -27,6 +27,7 @@ import shutil
 import threading
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -90,15 +91,15 @@ def epoch_windows(n_windows: int | Sequence[int], epochs: float) -> float:
     return float(sum(views[e % len(views)] for e in range(whole)) + (epochs - whole) * views[whole % len(views)])
 
 
-def total_steps(mcfg: dict[str, Any], n_windows: int | Sequence[int], window: int) -> int:
+def total_steps(batch_size: int, epochs: float, train_tokens: Optional[int], n_windows: int | Sequence[int],
+                window: int) -> int:
     """ceil(train_tokens / (B * window)) with a token budget, else ceil(windows in ``epochs`` / B).
 
     ``n_windows``: the window count, or one per view of a training set packed in views (build_train).
     """
-    batch = int(mcfg["batch_size"])
-    if mcfg.get("train_tokens") is not None:
-        return max(1, math.ceil(int(mcfg["train_tokens"]) / (batch * window)))
-    return max(1, math.ceil(round(epoch_windows(n_windows, float(mcfg["epochs"])), 6) / batch))
+    if train_tokens is not None:
+        return max(1, math.ceil(train_tokens / (batch_size * window)))
+    return max(1, math.ceil(round(epoch_windows(n_windows, epochs), 6) / batch_size))
 
 
 def batch_indices(step: int, batch_size: int, n_windows: int | Sequence[int], seed: int) -> np.ndarray:
@@ -141,23 +142,6 @@ def load_windows(folder: str | Path) -> tuple[np.ndarray, int, list[int]]:
     if sum(views) != windows.shape[0]:
         raise ValueError(f"{meta_path}: view_windows {views} do not add up to the {windows.shape[0]} windows of {path}")
     return windows, int(meta["pad_id"]), views
-
-
-def _validate(mcfg: dict[str, Any]) -> None:
-    checks = {
-        "lr": float(mcfg["lr"]) > 0,
-        "batch_size": int(mcfg["batch_size"]) >= 1,
-        "warmup_steps": int(mcfg["warmup_steps"]) >= 0,
-        "grad_clip": float(mcfg["grad_clip"]) > 0,
-        "checkpoint_every": int(mcfg["checkpoint_every"]) >= 1,
-        "log_every": int(mcfg["log_every"]) >= 1,
-        "epochs": mcfg.get("train_tokens") is not None or float(mcfg["epochs"]) > 0,
-        "train_tokens": mcfg.get("train_tokens") is None or int(mcfg["train_tokens"]) > 0,
-        "micro_batch_size": mcfg.get("micro_batch_size") is None or int(mcfg["micro_batch_size"]) >= 1,
-    }
-    bad = [k for k, ok in checks.items() if not ok]
-    if bad:
-        raise ValueError("invalid M-step config: " + ", ".join(f"mstep.{k}={mcfg.get(k)!r}" for k in bad))
 
 
 def _save_checkpoint(out_dir: Path, step: int, model, tok, opt, sched, state: dict[str, Any]) -> None:
@@ -221,31 +205,58 @@ def train(
     stop_after_step: Optional[int] = None,
     on_step: Optional[Callable[[int, float], None]] = None,
 ) -> dict[str, Any]:
-    """Run (or resume) the M-step of ``ctx``; ``stop_after_step`` simulates a crash (tests)."""
-    mcfg = ctx.config["mstep"]
-    _validate(mcfg)
-    if mcfg.get("num_threads"):
-        torch.set_num_threads(int(mcfg["num_threads"]))
+    """Run (or resume) the M-step of ``ctx`` (``ctx.params``: an MStepInput); ``stop_after_step``
+    simulates a crash (tests)."""
+    if ctx.params.num_threads:
+        torch.set_num_threads(ctx.params.num_threads)
     _checkpoint_requested.clear()
     env = distributed.init_distributed()
     try:
-        return _train(ctx, env, stop_after_step, on_step)
+        run = _start(ctx, env)
+        for step in range(run.start + 1, run.steps + 1):
+            _step(run, step, on_step)
+            if stop_after_step is not None and step >= stop_after_step:
+                raise _Stopped(f"stopped after step {step} (stop_after_step)")
+        return _finish(run)
     finally:
         distributed.shutdown(env)
 
 
-def _train(ctx, env: distributed.DistEnv, stop_after_step: Optional[int],
-           on_step: Optional[Callable[[int, float], None]]) -> dict[str, Any]:
-    mcfg, model_cfg = ctx.config["mstep"], ctx.config.get("model", {})
-    seed = int(ctx.config.get("seed", ctx.seed))
+@dataclass
+class _Run:
+    """One M-step in progress: what it trains, with what, and how far it is."""
+
+    ctx: Any
+    env: distributed.DistEnv
+    windows: np.ndarray
+    pad_id: int
+    views: list[int]
+    steps: int
+    model: Any
+    ddp_model: Any
+    tok: Any
+    opt: Any
+    sched: Any
+    micro: int
+    autocast_dtype: Optional[torch.dtype]
+    n_params: int
+    peak: float
+    start: int = 0
+    state: dict[str, Any] = field(default_factory=lambda: {"tokens_seen": 0, "last_loss": float("nan")})
+    run_tokens: int = 0
+    run_time: float = 0.0
+    log_tokens: int = 0
+    log_t0: float = field(default_factory=time.perf_counter)
+    bar: Any = None
+
+
+def _start(ctx, env: distributed.DistEnv) -> _Run:
+    """Load the training set and the model (from the latest checkpoint when resuming), build the optimizer."""
+    p = ctx.params
     out_dir = Path(ctx.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-
     windows, pad_id, views = load_windows(ctx.inputs["train"])
-    window = windows.shape[1]
-    batch = int(mcfg["batch_size"])
-    steps = total_steps(mcfg, views, window)
-
+    steps = total_steps(p.batch_size, p.epochs, p.train_tokens, views, windows.shape[1])
     resume = latest_checkpoint(out_dir)
     model_dir = (resume or Path(ctx.inputs["init"])) / "model"
     tok = AutoTokenizer.from_pretrained(str(model_dir))
@@ -254,98 +265,108 @@ def _train(ctx, env: distributed.DistEnv, stop_after_step: Optional[int],
     vocab = model.get_input_embeddings().weight.shape[0]
     if windows.max() >= vocab or windows.min() < 0:
         raise ValueError(f"{ctx.inputs['train']}/windows.npy holds token ids outside [0, {vocab}) of {model_dir}")
-    n_params = count_params(model)
-    autocast_dtype = torch.bfloat16 if model_cfg.get("dtype", "float32") == "bfloat16" else None
-
-    torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=float(mcfg["lr"]), betas=tuple(mcfg["betas"]),
-                            weight_decay=float(mcfg["weight_decay"]))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, partial(lr_multiplier, warmup=int(mcfg["warmup_steps"]), total=steps))
-    state = {"tokens_seen": 0, "last_loss": float("nan")}
-    start = 0
+    autocast_dtype = torch.bfloat16 if p.dtype == "bfloat16" else None
+    torch.manual_seed(p.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, betas=tuple(p.betas), weight_decay=p.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_multiplier, warmup=p.warmup_steps, total=steps))
+    run = _Run(ctx, env, windows, pad_id, views, steps, model, distributed.wrap_model(model, env), tok, opt, sched,
+               p.micro_batch_size or max(1, p.batch_size // env.world_size), autocast_dtype, count_params(model),
+               compute.peak_flops_for(env.device, autocast_dtype or torch.float32))
     if resume is not None:
-        saved = torch.load(resume / "trainer.pt", map_location="cpu", weights_only=True)
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["rng"]["torch"])
-        if "cuda" in saved["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-        start = saved["step"]
-        state = {"tokens_seen": saved["tokens_seen"], "last_loss": saved["last_loss"]}
-        if env.is_main:
-            _truncate_metrics(out_dir, start)
-    ddp_model = distributed.wrap_model(model, env)
-    micro = int(mcfg.get("micro_batch_size") or max(1, batch // env.world_size))
-
-    peak = compute.peak_flops_for(env.device, autocast_dtype or torch.float32)
-    run_tokens, run_time, log_tokens, log_t0 = 0, 0.0, 0, time.perf_counter()
+        _restore(run, resume)
     # a progress bar on rank 0 (to the job's log); few refreshes, so logs stay small
-    bar = tqdm(total=steps, initial=start, desc="mstep", unit="step", mininterval=10, disable=not env.is_main)
-    for step in range(start + 1, steps + 1):
-        bar.update(1)
-        t0 = time.perf_counter()
-        idx = batch_indices(step, batch, views, seed)
-        # predicted tokens (position 0 of a window is context only); every rank knows the global batch
-        global_batch = torch.from_numpy(np.asarray(windows[idx], dtype=np.int64))
-        global_count = int((global_batch[:, 1:] != pad_id).sum())
-        local = global_batch[distributed.shard_for_rank(np.arange(batch), env)]
-        loss_sum = _accumulate_gradients(ddp_model, local, micro, pad_id, global_count, env, autocast_dtype)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float(mcfg["grad_clip"])))
-        lr = opt.param_groups[0]["lr"]
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        loss = distributed.all_reduce_sum(loss_sum, env) / max(global_count, 1)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"M-step loss is {loss} at step {step} (lr {lr:.3g}); stage {ctx.key} failed")
-        if env.device.type == "cuda":
-            torch.cuda.synchronize(env.device)
-        run_time += time.perf_counter() - t0
-        run_tokens += global_count
-        log_tokens += global_count
-        state["tokens_seen"] += global_count
-        state["last_loss"] = loss
-        if env.is_main and (step % int(mcfg["log_every"]) == 0 or step == steps):
-            now = time.perf_counter()
-            tps = log_tokens / max(now - log_t0, 1e-9)
-            ctx.write_metrics([{"name": n, "step": step, "value": v} for n, v in (
-                ("loss", loss), ("lr", lr), ("grad_norm", grad_norm), ("tokens_per_s", tps),
-                ("tokens_seen", state["tokens_seen"]))])
-            log_tokens, log_t0 = 0, now
-        if on_step is not None:
-            on_step(step, loss)
-        preempt = distributed.all_reduce_sum(float(_checkpoint_requested.is_set()), env) > 0
-        if step % int(mcfg["checkpoint_every"]) == 0 or preempt:
-            if env.is_main:
-                _save_checkpoint(out_dir, step, model, tok, opt, sched, {**state, "data_position": step * batch})
-            distributed.barrier(env)
-            log_t0 = time.perf_counter()  # saving time is not training time
-        if preempt and step < steps:
-            raise Preempted(f"checkpoint written at step {step} of {steps} on request; rerun to resume")
-        if stop_after_step is not None and step >= stop_after_step:
-            raise _Stopped(f"stopped after step {step} (stop_after_step)")
-    bar.close()
+    run.bar = tqdm(total=steps, initial=run.start, desc="mstep", unit="step", mininterval=10, disable=not env.is_main)
+    return run
 
-    if env.is_main:
-        if autocast_dtype is not None:
-            model.to(autocast_dtype)  # the final checkpoint in the run's dtype (vLLM serves bf16)
-        save_model(model, tok, out_dir / "model")
-        ctx.write_metrics([{"name": "train_loss", "step": steps, "value": state["last_loss"]}])
-    distributed.barrier(env)
-    tokens_per_s = run_tokens / run_time if run_time > 0 else 0.0
-    flops_per_s = compute.train_flops(n_params, tokens_per_s)
+
+def _restore(run: _Run, checkpoint: Path) -> None:
+    saved = torch.load(checkpoint / "trainer.pt", map_location="cpu", weights_only=True)
+    run.opt.load_state_dict(saved["optimizer"])
+    run.sched.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng"]["torch"])
+    if "cuda" in saved["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    run.start = saved["step"]
+    run.state = {"tokens_seen": saved["tokens_seen"], "last_loss": saved["last_loss"]}
+    if run.env.is_main:
+        _truncate_metrics(Path(run.ctx.out_dir), run.start)
+
+
+def _step(run: _Run, step: int, on_step: Optional[Callable[[int, float], None]]) -> None:
+    p, env = run.ctx.params, run.env
+    run.bar.update(1)
+    t0 = time.perf_counter()
+    idx = batch_indices(step, p.batch_size, run.views, p.seed)
+    # predicted tokens (position 0 of a window is context only); every rank knows the global batch
+    global_batch = torch.from_numpy(np.asarray(run.windows[idx], dtype=np.int64))
+    global_count = int((global_batch[:, 1:] != run.pad_id).sum())
+    local = global_batch[distributed.shard_for_rank(np.arange(p.batch_size), env)]
+    loss_sum = _accumulate_gradients(run.ddp_model, local, run.micro, run.pad_id, global_count, env, run.autocast_dtype)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), p.grad_clip))
+    lr = run.opt.param_groups[0]["lr"]
+    run.opt.step()
+    run.sched.step()
+    run.opt.zero_grad(set_to_none=True)
+    loss = distributed.all_reduce_sum(loss_sum, env) / max(global_count, 1)
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"M-step loss is {loss} at step {step} (lr {lr:.3g}); stage {run.ctx.key} failed")
+    if env.device.type == "cuda":
+        torch.cuda.synchronize(env.device)
+    run.run_time += time.perf_counter() - t0
+    run.run_tokens += global_count
+    run.log_tokens += global_count
+    run.state["tokens_seen"] += global_count
+    run.state["last_loss"] = loss
+    if env.is_main and (step % p.log_every == 0 or step == run.steps):
+        _log(run, step, loss, lr, grad_norm)
+    if on_step is not None:
+        on_step(step, loss)
+    _maybe_checkpoint(run, step)
+
+
+def _log(run: _Run, step: int, loss: float, lr: float, grad_norm: float) -> None:
+    now = time.perf_counter()
+    tps = run.log_tokens / max(now - run.log_t0, 1e-9)
+    run.ctx.write_metrics([{"name": n, "step": step, "value": v} for n, v in (
+        ("loss", loss), ("lr", lr), ("grad_norm", grad_norm), ("tokens_per_s", tps),
+        ("tokens_seen", run.state["tokens_seen"]))])
+    run.log_tokens, run.log_t0 = 0, now
+
+
+def _maybe_checkpoint(run: _Run, step: int) -> None:
+    """Every ``checkpoint_every`` steps, and at once when the job is about to be preempted."""
+    preempt = distributed.all_reduce_sum(float(_checkpoint_requested.is_set()), run.env) > 0
+    if step % run.ctx.params.checkpoint_every == 0 or preempt:
+        if run.env.is_main:
+            _save_checkpoint(Path(run.ctx.out_dir), step, run.model, run.tok, run.opt, run.sched,
+                             {**run.state, "data_position": step * run.ctx.params.batch_size})
+        distributed.barrier(run.env)
+        run.log_t0 = time.perf_counter()  # saving time is not training time
+    if preempt and step < run.steps:
+        raise Preempted(f"checkpoint written at step {step} of {run.steps} on request; rerun to resume")
+
+
+def _finish(run: _Run) -> dict[str, Any]:
+    run.bar.close()
+    if run.env.is_main:
+        if run.autocast_dtype is not None:
+            run.model.to(run.autocast_dtype)  # the final checkpoint in the run's dtype (vLLM serves bf16)
+        save_model(run.model, run.tok, Path(run.ctx.out_dir) / "model")
+        run.ctx.write_metrics([{"name": "train_loss", "step": run.steps, "value": run.state["last_loss"]}])
+    distributed.barrier(run.env)
+    tokens_per_s = run.run_tokens / run.run_time if run.run_time > 0 else 0.0
+    flops_per_s = compute.train_flops(run.n_params, tokens_per_s)
     return {
-        "tokens_in": state["tokens_seen"],
+        "tokens_in": run.state["tokens_seen"],
         "tokens_out": 0,
-        "flops": compute.train_flops(n_params, state["tokens_seen"]),
-        "steps": steps,
-        "final_loss": state["last_loss"],
+        "flops": compute.train_flops(run.n_params, run.state["tokens_seen"]),
+        "steps": run.steps,
+        "final_loss": run.state["last_loss"],
         "tokens_per_s": tokens_per_s,
-        "mfu": compute.mfu(flops_per_s / env.world_size, peak),
-        "n_params": n_params,
-        "world_size": env.world_size,
-        "resumed_from_step": start,
+        "mfu": compute.mfu(flops_per_s / run.env.world_size, run.peak),
+        "n_params": run.n_params,
+        "world_size": run.env.world_size,
+        "resumed_from_step": run.start,
     }
 
 

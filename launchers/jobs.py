@@ -131,7 +131,7 @@ class StageJob(Checkpointable):
 
         results = Path(self.results)
         out = self.stage.out_dir(results)
-        target = out if self.shard_index is None else shard_dir(out, self.shard_index)
+        target = out if self.shard_index is None else shard_dir(out, self.shard_index, self.stage.num_shards)
         if (target / MARKER).exists():  # finished before this job started: rank 0 returns it too
             return json.loads((target / MARKER).read_text())
         target.mkdir(parents=True, exist_ok=True)

@@ -154,7 +154,7 @@ class Orchestrator:
                 self.progress.set(run.run_id, stage.display)
                 if stage.num_shards > 1:
                     todo = [i for i in range(stage.num_shards)
-                            if not (shard_dir(stage.out_dir(self.results), i) / MARKER).exists()]
+                            if not (shard_dir(stage.out_dir(self.results), i, stage.num_shards) / MARKER).exists()]
                     self.progress.set(run.run_id, f"{stage.display} ({len(todo)}/{stage.num_shards} shards)")
                     if todo:
                         job_ids += self._submit_and_wait(stage, run, shard_indices=todo)

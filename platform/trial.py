@@ -18,9 +18,6 @@ from platform.orchestrator import Orchestrator, ReportFn, StageFailed
 from platform.rundir import RunDir, git_info
 from platform.validate import validate
 
-# Config sections that say how and where to run, not what: they do not change a run's identity.
-_NOT_IDENTITY = ("sweep", "launcher", "paths", "dry_run")
-
 
 @dataclass
 class TrialSpec:
@@ -45,9 +42,11 @@ def apply_params(raw: DictConfig, params: dict[str, Any], overrides: list[str], 
 
 
 def run_id_for(spec: TrialSpec) -> str:
-    """Same experiment config -> same run: a retried or re-sampled trial reuses the run folder."""
-    identity = {k: v for k, v in to_dict(spec.raw).items() if k not in _NOT_IDENTITY}
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    """Same results -> same run: the hash of the plan's stage keys, so a retried or re-sampled trial,
+    or one that only changes how fast or where its stages run, reuses the run folder."""
+    plan = load_app().build_plan(spec.cfg)
+    keys = [s.key for s in plan.stages]
+    digest = hashlib.sha256(json.dumps([spec.cfg.experiment.name, keys]).encode()).hexdigest()[:10]
     return f"{spec.cfg.experiment.name}-s{spec.cfg.seed}-{digest}"
 
 

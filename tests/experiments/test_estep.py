@@ -17,8 +17,9 @@ from experiments.importance import elbo, resample
 from experiments.samplers import SampleOut
 from experiments.samplers.hf import HFSampler
 from experiments.tokens import EOL, PRIOR, SOL
-from platform.stage import StageContext
-from tests.experiments.tiny_lm import tiny_model, tiny_tokenizer
+from experiments.inputs import Chunking, EStepInput
+from platform.stage import StageContext, shard_dir
+from tests.experiments.tiny_lm import sampler_spec, tiny_model, tiny_tokenizer
 
 torch.set_num_threads(1)
 OPTS = dict(num_samples=3, max_thought_tokens=6, context_chunks=2, poisson_mean=1.0, max_sentences=3, seed=7, iteration=1)
@@ -156,23 +157,21 @@ def make_stage_dirs(tmp_path, docs, sampler):
     return data, model
 
 
-def stage_config(k=2):
-    return {
-        "estep": {"num_samples": k, "max_thought_tokens": 5, "temperature": 1.0, "context_chunks": 2, "group_docs": 2},
-        "sampler": {"backend": "hf", "batch_size": 16, "dtype": "float32"},
-        "data": {"chunk_poisson_mean": 1.0, "chunk_max_sentences": 3},
-        "iteration": 1,
-    }
+def stage_config(k=2, batch_size=16, group_docs=2):
+    return EStepInput(num_samples=k, max_thought_tokens=5, temperature=1.0, context_chunks=2,
+                      chunking=Chunking(1.0, 3), thought_chunks="all", sampler=sampler_spec(batch_size=batch_size),
+                      iteration=1, seed=5, group_docs=group_docs)
 
 
-def run_all(tmp_path, data, model, name, num_shards=2, k=2):
+def run_all(tmp_path, data, model, name, num_shards=2, k=2, **params):
     stage_dir = tmp_path / name
+    config = stage_config(k, **params)
     for i in range(num_shards):
-        ctx = StageContext("estep", "key", stage_dir / "shards" / f"{i:05d}", stage_config(k),
-                           {"data": data, "model": model}, 1, i, num_shards, seed=5)
+        ctx = StageContext("estep", "key", shard_dir(stage_dir, i, num_shards), config,
+                           {"data": data, "model": model}, 1, i, num_shards)
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         estep.run_shard(ctx)
-    ctx = StageContext("estep", "key", stage_dir, stage_config(k), {"data": data, "model": model}, 1, 0, num_shards, 5)
+    ctx = StageContext("estep", "key", stage_dir, config, {"data": data, "model": model}, 1, 0, num_shards)
     return stage_dir, estep.merge(ctx)
 
 
@@ -199,6 +198,39 @@ def test_shards_and_merge(tmp_path, docs, sampler):
     assert summary["flops"] == pytest.approx(2 * n_params * (summary["tokens_in"] + summary["tokens_out"]))
 
 
+COUNTS = ("tokens_in", "tokens_out", "num_chunks", "num_docs")
+FLOATS = ["log_p_joint", "log_q", "log_w"]
+
+
+def test_result_does_not_depend_on_shard_count(tmp_path, docs, sampler):
+    """1 or 4 shards: the merged output is the same byte for byte (samples are keyed by chunk and
+    sample index from seeded draws, and every sampler call sees the same documents)."""
+    data, model = make_stage_dirs(tmp_path, docs, sampler)
+    ref_dir, ref_summary = run_all(tmp_path, data, model, "one", num_shards=1)
+    ref = pd.read_parquet(ref_dir / "estep_samples.parquet")
+    assert len(ref) > 20 and ref.selected.sum() == ref.groupby(["doc_id", "chunk_id"]).ngroups
+    out, summary = run_all(tmp_path, data, model, "four", num_shards=4)
+    pd.testing.assert_frame_equal(ref, pd.read_parquet(out / "estep_samples.parquet"), check_exact=True)
+    for name in ("thoughts.jsonl", "metrics.jsonl"):
+        assert (out / name).read_bytes() == (ref_dir / name).read_bytes()
+    assert {k: summary[k] for k in COUNTS} == {k: ref_summary[k] for k in COUNTS}
+
+
+@pytest.mark.parametrize("params", [{"batch_size": 3}, {"group_docs": 1}])
+def test_result_does_not_depend_on_batching(tmp_path, docs, sampler, params):
+    """Another sampler batch size or cache-group size: the same samples row for row (ids, text,
+    selection, counts); log p and log q agree to float32 rounding, since a forward pass over another
+    batch shape sums in another order (no batch-invariant kernels on CPU)."""
+    data, model = make_stage_dirs(tmp_path, docs, sampler)
+    ref_dir, ref_summary = run_all(tmp_path, data, model, "ref", num_shards=2)
+    out, summary = run_all(tmp_path, data, model, "other", num_shards=2, **params)
+    ref, got = pd.read_parquet(ref_dir / "estep_samples.parquet"), pd.read_parquet(out / "estep_samples.parquet")
+    pd.testing.assert_frame_equal(ref.drop(columns=FLOATS), got.drop(columns=FLOATS), check_exact=True)
+    np.testing.assert_allclose(got[FLOATS].to_numpy(), ref[FLOATS].to_numpy(), rtol=1e-6, atol=1e-5)
+    assert (out / "thoughts.jsonl").read_bytes() == (ref_dir / "thoughts.jsonl").read_bytes()
+    assert {k: summary[k] for k in COUNTS} == {k: ref_summary[k] for k in COUNTS}
+
+
 def test_killed_shard_resumes_from_its_cache(tmp_path, docs, sampler, monkeypatch):
     data, model = make_stage_dirs(tmp_path, docs, sampler)
     clean_dir, _ = run_all(tmp_path, data, model, "clean", num_shards=1)
@@ -216,7 +248,7 @@ def test_killed_shard_resumes_from_its_cache(tmp_path, docs, sampler, monkeypatc
     monkeypatch.setattr(estep, "infer_thoughts", dies_on_second_group)
     with pytest.raises(RuntimeError, match="preempted"):
         run_all(tmp_path, data, model, "killed", num_shards=1)
-    assert len(list((tmp_path / "killed" / "shards" / "00000" / "cache").glob("*.json"))) == 1
+    assert len(list(shard_dir(tmp_path / "killed", 0, 1).joinpath("cache").glob("*.json"))) == 1
     calls.clear()
     _, summary = run_all(tmp_path, data, model, "killed", num_shards=1)
     groups = (len(docs) + 1) // 2
@@ -231,7 +263,7 @@ def test_killed_shard_resumes_from_its_cache(tmp_path, docs, sampler, monkeypatc
 def test_missing_doc_is_a_clear_error(tmp_path, docs, sampler):
     data, model = make_stage_dirs(tmp_path, docs[:1], sampler)
     (data / "em_docs.json").write_text(json.dumps(["nope-1"]))
-    ctx = StageContext("estep", "k", tmp_path / "s", stage_config(), {"data": data, "model": model}, 1, 0, 1, 5)
+    ctx = StageContext("estep", "k", tmp_path / "s", stage_config(), {"data": data, "model": model}, 1, 0, 1)
     with pytest.raises(ValueError, match="nope-1"):
         estep.run_shard(ctx)
 

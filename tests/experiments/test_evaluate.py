@@ -17,8 +17,9 @@ from experiments.formats import answer_prefix, eval_prompt
 from experiments.samplers import SampleOut
 from experiments.samplers.hf import HFSampler
 from experiments.tokens import EOL
+from experiments.inputs import Chunking, EvalInput
 from platform.stage import StageContext
-from tests.experiments.tiny_lm import tiny_model, tiny_tokenizer, train_briefly
+from tests.experiments.tiny_lm import sampler_spec, tiny_model, tiny_tokenizer, train_briefly
 
 torch.set_num_threads(1)
 
@@ -111,11 +112,10 @@ def stage(tmp_path, sampler, latent, harness=()):
     sampler.tokenizer.save_pretrained(model / "model")
     out = tmp_path / f"eval_{latent}"
     out.mkdir()
-    cfg = {"eval": {"num_problems": 3, "max_new_tokens": 4, "max_thought_tokens": 5, "elbo_docs": 2,
-                    "harness_tasks": list(harness)},
-           "sampler": {"backend": "hf", "batch_size": 16, "dtype": "float32"},
-           "data": {"chunk_poisson_mean": 1.0, "chunk_max_sentences": 3}, "latent": latent, "iteration": 0}
-    return StageContext("eval", "k", out, cfg, {"data": data, "model": model}, 0, 0, 1, seed=1)
+    params = EvalInput(num_problems=3, max_new_tokens=4, max_thought_tokens=5, elbo_docs=2, harness_tasks=tuple(harness),
+                       sampler=sampler_spec(), chunking=Chunking(1.0, 3), thought_chunks="all", latent=latent,
+                       empty_question_thought=False, iteration=0, seed=1)
+    return StageContext("eval", "k", out, params, {"data": data, "model": model}, 0, 0, 1)
 
 
 @pytest.mark.parametrize("latent", [True, False])

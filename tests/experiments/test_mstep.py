@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from experiments import mstep
 from experiments.modeling import build_model, save_model
+from experiments.inputs import MStepInput
 from platform.stage import StageContext
 
 PAD, VOCAB, WINDOW, N_WINDOWS = 0, 64, 16, 24
@@ -53,12 +54,11 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 
 
 def _ctx(out: Path, inputs: dict[str, Path], **mstep_overrides) -> StageContext:
-    mcfg = {"init": "base", "lr": 3e-3, "betas": [0.9, 0.95], "weight_decay": 0.01, "grad_clip": 1.0,
-            "warmup_steps": 2, "batch_size": 4, "epochs": 1.0, "train_tokens": None, "checkpoint_every": 3,
-            "log_every": 1, "num_threads": 1}
+    mcfg = {"lr": 3e-3, "betas": (0.9, 0.95), "weight_decay": 0.01, "grad_clip": 1.0, "warmup_steps": 2,
+            "batch_size": 4, "epochs": 1.0, "train_tokens": None, "dtype": MODEL_CFG.get("dtype", "float32"),
+            "seed": 7, "micro_batch_size": None, "checkpoint_every": 3, "log_every": 1, "num_threads": 1}
     mcfg.update(mstep_overrides)
-    return StageContext(stage="mstep", key="test", out_dir=out, config={"mstep": mcfg, "model": MODEL_CFG, "seed": 7},
-                        inputs=dict(inputs))
+    return StageContext(stage="mstep", key="test", out_dir=out, params=MStepInput(**mcfg), inputs=dict(inputs))
 
 
 def _metric(out: Path, name: str) -> list[tuple[int, float]]:
@@ -76,8 +76,8 @@ def test_lr_multiplier_by_hand():
 
 
 def test_total_steps_epochs_and_token_budget():
-    assert mstep.total_steps({"batch_size": 4, "epochs": 2.5}, n_windows=10, window=16) == 7  # ceil(25/4)
-    assert mstep.total_steps({"batch_size": 4, "epochs": 1, "train_tokens": 1000}, 10, 16) == 16  # ceil(1000/64)
+    assert mstep.total_steps(4, 2.5, None, n_windows=10, window=16) == 7  # ceil(25/4)
+    assert mstep.total_steps(4, 1, 1000, 10, 16) == 16  # ceil(1000/64)
 
 
 def test_batch_indices_cover_each_epoch_once_and_reshuffle():
@@ -104,7 +104,7 @@ def test_epoch_e_reads_view_e_mod_views_once_each():
         assert sorted(part) == list(range(offsets[v], offsets[v + 1])), e
         at += views[v]
     assert mstep.epoch_windows(views, 2.5) == 5 + 7 + 0.5 * 6
-    assert mstep.total_steps({"batch_size": 4, "epochs": 2.5}, views, 16) == 4  # ceil(15/4)
+    assert mstep.total_steps(4, 2.5, None, views, 16) == 4  # ceil(15/4)
     # one view is the plain per-epoch reshuffle
     assert np.array_equal(mstep.batch_indices(3, 4, [10], seed=3), mstep.batch_indices(3, 4, 10, seed=3))
 
@@ -202,8 +202,7 @@ def test_nan_loss_names_the_step(tmp_path, inputs):
 
 
 def test_bad_inputs_are_named(tmp_path, inputs):
-    with pytest.raises(ValueError, match=r"mstep\.lr=0"):
-        mstep.train(_ctx(tmp_path / "a", inputs, lr=0))
+    """Bad training data (the config's ranges are checked once, in validation: tests/platform/test_config.py)."""
     big = tmp_path / "big"
     big.mkdir()
     w = _windows()
@@ -280,9 +279,7 @@ def test_rank_shards_are_strided_and_checked():
 def test_bfloat16_autocast_trains_and_saves_bf16(tmp_path, inputs):
     from transformers import AutoModelForCausalLM
 
-    ctx = _ctx(tmp_path / "run", inputs, epochs=0.5)
-    ctx.config["model"] = {**MODEL_CFG, "dtype": "bfloat16"}
-    summary = mstep.train(ctx)
+    summary = mstep.train(_ctx(tmp_path / "run", inputs, epochs=0.5, dtype="bfloat16"))
     ref = mstep.train(_ctx(tmp_path / "fp32", inputs, epochs=0.5))
     assert summary["final_loss"] == pytest.approx(ref["final_loss"], abs=0.05)  # bf16 rounding, same training
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model", dtype="auto")

@@ -61,3 +61,12 @@ def train_briefly(model, tok, texts, steps: int = 60, lr: float = 3e-3, seed: in
         loss.backward()
         opt.step()
     return model.eval()
+
+
+def sampler_spec(**overrides):
+    """The HF sampler's stage settings as the plan builds them from conf/sampler/hf.yaml."""
+    from experiments.inputs import SamplerSpec
+
+    values = dict(backend="hf", dtype="float32", fan_out="n", batch_size=16, gpu_memory_utilization=0.85,
+                  max_model_len=None, tensor_parallel_size=1, enforce_eager=False, kv_cache_space_gb=1)
+    return SamplerSpec(**{**values, **overrides})

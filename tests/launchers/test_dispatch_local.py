@@ -19,7 +19,7 @@ REPO_PLATFORM = str(Path(platform.__file__).resolve().parent)
 
 
 def _stage(fn: str, config: dict, num_shards: int = 1, **kw) -> Stage:
-    return Stage(name="toy", fn=f"{TOY}:{fn}", config=config, num_shards=num_shards, **kw)
+    return Stage(name="toy", fn=f"{TOY}:{fn}", params=config, num_shards=num_shards, **kw)
 
 
 @pytest.mark.parametrize("launcher", ["debug", "local"])
@@ -37,8 +37,8 @@ def test_shard_array_runs_every_shard_with_our_platform_package(tmp_path, launch
         assert rec["summary"]["platform_system"] == "Linux"
     out = stage.out_dir(tmp_path / "results")
     for i in range(4):
-        assert (shard_dir(out, i) / MARKER).exists()
-        assert (shard_dir(out, i) / "echo.txt").read_text() == f"toy {i}\n"
+        assert (shard_dir(out, i, stage.num_shards) / MARKER).exists()
+        assert (shard_dir(out, i, stage.num_shards) / "echo.txt").read_text() == f"toy {i}\n"
     assert {job_state(j) for j in jobs} == {"COMPLETED"}
     pids = {r["summary"]["pid"] for r in records}
     if launcher == "debug":
@@ -65,8 +65,8 @@ def test_failing_shard_raises_with_remote_traceback(tmp_path, launcher):
     assert "ValueError: toy shard 1 exploded on purpose" in tb
     assert "toy_stages.py" in tb
     # the healthy shard finished and left its marker
-    assert (shard_dir(stage.out_dir(tmp_path / "results"), 0) / MARKER).exists()
-    assert not (shard_dir(stage.out_dir(tmp_path / "results"), 1) / MARKER).exists()
+    assert (shard_dir(stage.out_dir(tmp_path / "results"), 0, stage.num_shards) / MARKER).exists()
+    assert not (shard_dir(stage.out_dir(tmp_path / "results"), 1, stage.num_shards) / MARKER).exists()
 
 
 def test_single_job_and_cached_rerun(tmp_path):

@@ -47,7 +47,7 @@ SLURM = {"name": "slurm", "max_parallel_jobs": 2}
 
 
 def _stage(fn: str, config: dict, num_shards: int = 1, **kw) -> Stage:
-    return Stage(name="toy", fn=f"{TOY}:{fn}", config=config, num_shards=num_shards, **kw)
+    return Stage(name="toy", fn=f"{TOY}:{fn}", params=config, num_shards=num_shards, **kw)
 
 
 def _sacct_final(job_id: str, duplicates: bool = False, timeout_s: float = 30, rows_at_least: int = 1) -> list[dict[str, str]]:
@@ -98,7 +98,7 @@ def test_shards_run_as_one_array_capped_by_max_parallel_jobs(tmp_path):
     recs = wait_jobs(jobs, poll_s=0.2)
     assert [r["shard_index"] for r in recs] == [0, 1, 2, 3]
     for i in range(4):
-        assert (shard_dir(stage.out_dir(tmp_path / "r"), i) / MARKER).exists()
+        assert (shard_dir(stage.out_dir(tmp_path / "r"), i, stage.num_shards) / MARKER).exists()
     events = sorted([(r["summary"]["started_at"], 1) for r in recs] + [(r["summary"]["ended_at"], -1) for r in recs])
     running = peak = 0
     for _, delta in events:

@@ -20,7 +20,7 @@ def echo(ctx) -> dict:
     (ctx.out_dir / "echo.txt").write_text(f"{ctx.stage} {ctx.shard_index}\n")
     return {
         "shard_index": ctx.shard_index,
-        "value": ctx.config.get("value", 0) * 10 + ctx.shard_index,
+        "value": ctx.params.get("value", 0) * 10 + ctx.shard_index,
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "platform_path": list(getattr(platform, "__path__", [])),
@@ -33,7 +33,7 @@ def echo(ctx) -> dict:
 
 def fail(ctx) -> dict:
     """Fail on the shards listed in ``config['fail_shards']`` (every shard when absent)."""
-    bad = ctx.config.get("fail_shards")
+    bad = ctx.params.get("fail_shards")
     if bad is None or ctx.shard_index in bad:
         raise ValueError(f"toy shard {ctx.shard_index} exploded on purpose")
     return {"shard_index": ctx.shard_index}
@@ -43,8 +43,8 @@ def sleep(ctx) -> dict:
     """Sleep ``config['seconds']``, writing a heartbeat file first (so tests know it started)."""
     started = time.time()
     (ctx.out_dir / "started").write_text(str(os.getpid()))
-    time.sleep(float(ctx.config["seconds"]))
-    return {"slept": ctx.config["seconds"], "started_at": started, "ended_at": time.time(), "pid": os.getpid()}
+    time.sleep(float(ctx.params["seconds"]))
+    return {"slept": ctx.params["seconds"], "started_at": started, "ended_at": time.time(), "pid": os.getpid()}
 
 
 def count_steps(ctx) -> dict:
@@ -59,7 +59,7 @@ def count_steps(ctx) -> dict:
     resumed = state_path.exists()
     step = json.loads(state_path.read_text())["step"] if resumed else 0
     start_step = step
-    delay = float(ctx.config["resumed_step_s"] if resumed else ctx.config["step_s"])
+    delay = float(ctx.params["resumed_step_s"] if resumed else ctx.params["step_s"])
     attempt = os.environ.get("SLURM_RESTART_COUNT", "0")
     # save *now* when the job is signalled, not only at the next periodic save
     from launchers.jobs import register_checkpoint_hook
@@ -67,7 +67,7 @@ def count_steps(ctx) -> dict:
     register_checkpoint_hook(lambda: (Path(ctx.out_dir) / "hook_called").write_text(str(step)))
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"start attempt={attempt} pid={os.getpid()} from_step={step}\n")
-    while step < int(ctx.config["total_steps"]):
+    while step < int(ctx.params["total_steps"]):
         time.sleep(delay)
         step += 1
         tmp = state_path.with_suffix(".tmp")

@@ -50,7 +50,7 @@ def test_sharded_stage_resumes_only_missing_shards(tmp_path):
     assert [c["shard"] for c in _calls(tmp_path) if c["stage"] == "shard"] == [0, 2]
     run_stage(st, tmp_path, shard_index=1)
     run_stage(st, tmp_path)  # the merge
-    assert (shard_dir(st.out_dir(tmp_path), 1) / MARKER).exists()
+    assert (shard_dir(st.out_dir(tmp_path), 1, 3) / MARKER).exists()
     metrics = [json.loads(x) for x in (st.out_dir(tmp_path) / "metrics.jsonl").read_text().splitlines()]
     assert metrics == [{"name": "parts", "step": 0, "value": 3}]
     assert st.is_complete(tmp_path)

@@ -79,14 +79,14 @@ def _fresh_metrics(ctx: Any) -> None:
 
 def prepare(ctx: Any) -> dict:
     _log(ctx, "prepare")
-    time.sleep(ctx.config["sleep_s"])
+    time.sleep(ctx.params["sleep_s"])
     (ctx.out_dir / "data.json").write_text(json.dumps({"n": 10}))
     return {"tokens_in": 10, "tokens_out": 0, "flops": 1.0}
 
 
 def shard(ctx: Any) -> dict:
     _log(ctx, "shard")
-    cfg = ctx.config
+    cfg = ctx.params
     if cfg.get("fail_shard_x") is not None and cfg["fail_shard_x"] == cfg["x"] and ctx.shard_index == 1:
         raise ValueError(f"toy shard {ctx.shard_index} exploded on purpose at x={cfg['x']}")
     time.sleep(cfg["sleep_s"] if cfg.get("shard_sleep_s") is None else cfg["shard_sleep_s"])
@@ -104,7 +104,7 @@ def merge(ctx: Any) -> dict:
 
 def train(ctx: Any) -> dict:
     _log(ctx, "train")
-    cfg = ctx.config
+    cfg = ctx.params
     it = ctx.iteration
     if cfg["fail_at"] == it:
         raise RuntimeError(f"toy failure at iteration {it}")
@@ -121,7 +121,7 @@ def train(ctx: Any) -> dict:
 def score(ctx: Any) -> dict:
     _log(ctx, "score")
     _fresh_metrics(ctx)
-    x, it = ctx.config["x"], ctx.iteration
+    x, it = ctx.params["x"], ctx.iteration
     ctx.write_metrics([{"name": "accuracy", "step": 0, "value": 1 - (x - 0.3) ** 2 + 0.01 * it}])
     return {"tokens_in": 0, "tokens_out": 0, "flops": 1.0}
 
