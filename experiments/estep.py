@@ -26,9 +26,10 @@ from tqdm import tqdm
 from experiments.chunking import chunk_document, chunk_texts
 from experiments.corpus import Document
 from experiments.docstore import load_docs, save_thoughts
-from experiments.formats import encode_parts, joint_parts, posterior_prompt, stable_seed
+from experiments.formats import encode_parts, joint_parts, posterior_prompt
 from experiments.importance import effective_sample_size, elbo, log_weights, resample
 from experiments.samplers import Sampler, build_sampler
+from experiments.seeding import stable_seed
 from experiments.tokens import EOL, POSTERIOR, PRIOR, SOL
 
 SAMPLE_COLUMNS = [
