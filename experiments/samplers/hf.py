@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.cache_utils import Cache
 
-from experiments.samplers.base import SampleOut, check_sample_args, check_score_args
+from experiments.samplers.base import SampleOut, Sampler
 from experiments.samplers.decode_cache import PreallocatedLayer, SharedPrompts, attention_implementation
 from experiments.samplers.llama_decode import LlamaDecodeStep, unsupported_reason
+from experiments.seeding import prompt_seed
 
 _M32 = 0xFFFFFFFF
 SCORE_MIN_FILL = 0.75  # a scoring batch wastes at most a quarter of each row on padding
@@ -47,8 +48,7 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 
 def row_keys(seed: int, prompt_ids: list[int], n: int) -> list[int]:
     """A 32-bit key per (seed, prompt, sample index): what makes a sample independent of batching."""
-    digest = hashlib.blake2b(struct.pack(f"<q{len(prompt_ids)}q", seed, *prompt_ids), digest_size=8).digest()
-    base = int.from_bytes(digest, "little")
+    base = prompt_seed(seed, prompt_ids)
     return [int.from_bytes(hashlib.blake2b(struct.pack("<Qq", base, j), digest_size=4).digest(), "little") for j in range(n)]
 
 
@@ -74,7 +74,7 @@ def choose_tokens(logits: torch.Tensor, temperature: float, keys: torch.Tensor, 
     return (logits.double() / temperature + noise).argmax(-1)
 
 
-class HFSampler:
+class HFSampler(Sampler):
     def __init__(self, model: torch.nn.Module, tokenizer: Any, batch_size: int = 256, score_batch_tokens: int = 32768,
                  fused_decode: bool = True):
         if batch_size < 1:
@@ -109,17 +109,8 @@ class HFSampler:
 
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()
-    def sample(
-        self,
-        prompts_ids: list[list[int]],
-        n: int,
-        max_tokens: int,
-        temperature: float = 1.0,
-        stop_token_id: Optional[int] = None,
-        seed: int = 0,
-        banned_token_ids: Sequence[int] = (),
-    ) -> list[list[SampleOut]]:
-        check_sample_args(prompts_ids, n, max_tokens, temperature, stop_token_id, banned_token_ids)
+    def _sample(self, prompts_ids: list[list[int]], n: int, max_tokens: int, temperature: float,
+                stop_token_id: Optional[int], seed: int, banned_token_ids: Sequence[int]) -> list[list[SampleOut]]:
         banned = torch.tensor(sorted(set(banned_token_ids)), dtype=torch.long, device=self.device)
         out: list[list[Optional[SampleOut]]] = [[None] * n for _ in prompts_ids]
         # longest prompts first, so a minibatch holds prompts of similar length (little padding)
@@ -205,12 +196,8 @@ class HFSampler:
         ]
 
     # ---------------------------------------------------------------- scoring
-    def score(self, prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> list[float]:
-        return [float(sum(t)) for t in self.score_tokens(prefix_ids, cont_ids)]
-
     @torch.no_grad()
-    def score_tokens(self, prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> list[list[float]]:
-        check_score_args(prefix_ids, cont_ids)
+    def _score_tokens(self, prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> list[list[float]]:
         seqs = [list(p) + list(c) for p, c in zip(prefix_ids, cont_ids)]
         out: list[list[float]] = [[] for _ in seqs]
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
