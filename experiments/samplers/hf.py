@@ -124,15 +124,16 @@ class HFSampler(Sampler):
                 out[i] = results[b * n : (b + 1) * n]
         return out  # type: ignore[return-value]
 
-    def _sample_batch(self, prompts, n, max_tokens, temperature, stop_id, seed, banned) -> list[SampleOut]:
-        dev = self.device
+    def _prefill(self, prompts: list[list[int]], n: int) -> tuple[torch.Tensor, SharedPrompts, torch.Tensor]:
+        """One left-padded forward of the prompts: the first logits and position of each of the
+        ``len(prompts) * n`` rows (sample j of prompt b is row b * n + j), and the shared prompt cache."""
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for b, p in enumerate(prompts):  # left padding: every prompt ends at the last column
             ids[b, width - len(p) :] = torch.tensor(p)
             mask[b, width - len(p) :] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
+        ids, mask = ids.to(self.device), mask.to(self.device)
         # explicit positions: with left padding the first real token must sit at position 0
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         prefill = DynamicCache(config=self.model.config)
@@ -142,8 +143,11 @@ class HFSampler(Sampler):
         # the n samples of a prompt share its prefill: its logits are repeated, its cache is not
         prompts_kv = SharedPrompts(prefill, mask, n)
         del prefill
-        logits = logits.repeat_interleave(n, 0)
-        next_pos = pos[:, -1:].repeat_interleave(n, 0) + 1
+        return logits.repeat_interleave(n, 0), prompts_kv, pos[:, -1:].repeat_interleave(n, 0) + 1
+
+    def _sample_batch(self, prompts, n, max_tokens, temperature, stop_id, seed, banned) -> list[SampleOut]:
+        dev = self.device
+        logits, prompts_kv, next_pos = self._prefill(prompts, n)
         own = Cache(layers=[PreallocatedLayer(max_tokens) for _ in range(self.model.config.num_hidden_layers)])
         keys = torch.tensor([k for p in prompts for k in row_keys(seed, p, n)], dtype=torch.int64, device=dev)
 
@@ -182,6 +186,10 @@ class HFSampler(Sampler):
                         shared_prompts=prompts_kv,
                     ).logits[:, -1]
                 next_pos = next_pos + 1
+        return self._outputs(tok_buf, lp_buf, length, finished)
+
+    def _outputs(self, tok_buf: torch.Tensor, lp_buf: torch.Tensor, length: torch.Tensor,
+                 finished: torch.Tensor) -> list[SampleOut]:
         lens, fin = length.tolist(), finished.tolist()
         toks, lps = tok_buf.tolist(), lp_buf.tolist()
         return [
@@ -192,7 +200,7 @@ class HFSampler(Sampler):
                 fin[r],
                 lps[r][lens[r]] if fin[r] else 0.0,  # the stop token sits right after the kept ones
             )
-            for r in range(rows)
+            for r in range(len(lens))
         ]
 
     # ---------------------------------------------------------------- scoring
