@@ -14,7 +14,6 @@ another. Shards cache each finished group in ``cache/`` and a rerun after a cras
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -31,6 +30,7 @@ from experiments.importance import effective_sample_size, elbo, log_weights, res
 from experiments.samplers import Sampler, build_sampler
 from experiments.seeding import stable_seed
 from experiments.tokens import EOL, POSTERIOR, PRIOR, SOL
+from platform.files import write_atomic
 
 SAMPLE_COLUMNS = [
     "doc_id", "chunk_id", "sample_idx", "thought", "thought_tokens",
@@ -257,12 +257,6 @@ def _sample_metrics(samples: pd.DataFrame) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------ stage entry points
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _group_paths(cache: Path, g: int) -> tuple[Path, Path]:
     return cache / f"group_{g:05d}.parquet", cache / f"group_{g:05d}.json"
 
@@ -314,8 +308,8 @@ def run_shard(ctx) -> dict[str, Any]:
             frame = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
             info = {"doc_ids": ids, "thoughts": zs, "counts": counts}
             table, meta = _group_paths(cache, g)
-            _write_atomic(table, lambda p: frame.to_parquet(p, index=False))
-            _write_atomic(meta, lambda p: p.write_text(json.dumps(info), encoding="utf-8"))
+            write_atomic(table, lambda p: frame.to_parquet(p, index=False))
+            write_atomic(meta, lambda p: p.write_text(json.dumps(info), encoding="utf-8"))
         else:
             frame, info = cached
         frames.append(frame)
@@ -324,8 +318,8 @@ def run_shard(ctx) -> dict[str, Any]:
             totals[k] += int(info["counts"][k])
 
     samples = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SAMPLE_COLUMNS)
-    _write_atomic(out / "estep_samples.parquet", lambda p: samples.to_parquet(p, index=False))
-    _write_atomic(out / "thoughts.jsonl", lambda p: save_thoughts(p, {d: thoughts[d] for d in mine}))
+    write_atomic(out / "estep_samples.parquet", lambda p: samples.to_parquet(p, index=False))
+    write_atomic(out / "thoughts.jsonl", lambda p: save_thoughts(p, {d: thoughts[d] for d in mine}))
     n_params = checkpoint_num_params(model_dir)
     summary = {**totals, "num_docs": len(mine), "n_params": n_params,
                "flops": 2.0 * n_params * (totals["tokens_in"] + totals["tokens_out"])}

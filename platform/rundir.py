@@ -14,7 +14,6 @@ Stage outputs (checkpoints in Hugging Face format, metrics.jsonl, estep_samples.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import threading
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import yaml
 
 from platform.compose import REPO_ROOT
+from platform.files import write_json_atomic
 
 
 def git_info(root: Path = REPO_ROOT) -> dict[str, Any]:
@@ -62,9 +62,7 @@ class RunDir:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        tmp = self.path / f"run.json.tmp{os.getpid()}"
-        tmp.write_text(json.dumps(meta, indent=1, default=str))
-        os.replace(tmp, self.path / "run.json")
+        write_json_atomic(self.path / "run.json", meta)
 
     def update_meta(self, **fields: Any) -> None:
         with self._lock:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from platform.files import write_json_atomic
+
 MARKER = "_COMPLETE.json"
 CODE_VERSION = "1"  # bump to invalidate every cache after a change of stage semantics
 
@@ -112,12 +114,6 @@ def shard_dir(out_dir: Path, shard_index: int) -> Path:
     return out_dir / "shards" / f"{shard_index:05d}"
 
 
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _job_id() -> str:
     """The id sacct and submitit use: ``<array>_<task>`` for array elements."""
     env = os.environ
@@ -146,7 +142,7 @@ def _run_fn(fn_path: str, ctx: StageContext) -> dict[str, Any]:
         "inputs": ctx.input_stages,  # the stages read; their outputs are <results>/artifacts/<stage>/<key>
         "summary": summary,
     }
-    _write_json_atomic(ctx.out_dir / MARKER, record)
+    write_json_atomic(ctx.out_dir / MARKER, record)
     return record
 
 
