@@ -23,7 +23,6 @@ def _ranges(cfg: DictConfig) -> list[str]:
     p += in_range(cfg, "estep.max_thought_tokens", 1)
     p += in_range(cfg, "estep.num_shards", 1)
     p += in_range(cfg, "estep.context_chunks", 0)
-    p += in_range(cfg, "estep.top_p", 1.0, 1.0)  # top-p distorts log q (docs/method.md "E-step, exactly")
     if (OmegaConf.select(cfg, "estep.temperature") or 1.0) <= 0:
         p.append(f"estep.temperature: must be > 0, got {cfg.estep.temperature}")
     p += in_range(cfg, "data.raw_mix_ratio", 0.0, 1.0)

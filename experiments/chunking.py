@@ -1,25 +1,16 @@
 """Sentence chunking (docs/method.md "Chunking"): runs of Poisson(mean)+1 sentences, capped, per paragraph.
 
-Boundaries come from a generator seeded by a SHA-256 of the document text, so they are the same in
-every process, every EM iteration and every run, and change only when the text changes.
+Boundaries come from a generator seeded by the document text (``seeding.stable_seed``), so they are
+the same in every process, every EM iteration and every run, and change only when the text changes.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Sequence
 
 import numpy as np
 
-from experiments.formats import PARAGRAPH_SEP, SENTENCE_SEP
-
-
-def text_seed(text: str) -> int:
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
-
-
-def _doc_text(paragraphs: Sequence[Sequence[str]]) -> str:
-    return PARAGRAPH_SEP.join(SENTENCE_SEP.join(p) for p in paragraphs)
+from experiments.seeding import PARAGRAPH_SEP, SENTENCE_SEP, document_text, stable_seed
 
 
 def chunk_document(
@@ -34,7 +25,7 @@ def chunk_document(
         raise ValueError(f"data.chunk_poisson_mean={poisson_mean} must be >= 0")
     if max_sentences < 1:
         raise ValueError(f"data.chunk_max_sentences={max_sentences} must be >= 1")
-    rng = np.random.default_rng(text_seed(_doc_text(paragraphs)))
+    rng = np.random.default_rng(stable_seed(document_text(paragraphs)))
     chunks: list[list[int]] = []
     start = 0
     for para in paragraphs:

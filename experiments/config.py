@@ -7,7 +7,7 @@ the embedded default or up for a cluster.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -84,7 +84,6 @@ class EStepConfig:
     num_samples: int = 4  # K
     max_thought_tokens: int = 1024
     temperature: float = 1.0
-    top_p: float = 1.0  # anything else distorts log q; validated
     context_chunks: int = 3  # previous raw chunks in the prompt
     num_shards: int = 2
     group_docs: int = 8  # documents per resumable cache group inside a shard
@@ -151,7 +150,6 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 0
     dry_run: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def register_configs() -> None:

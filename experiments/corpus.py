@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from experiments.formats import ANSWER_PREFIX, PARAGRAPH_SEP, SENTENCE_SEP
+from experiments.formats import ANSWER_PREFIX
+from experiments.seeding import document_text
 
 
 class CorpusError(ValueError):
@@ -113,10 +114,6 @@ def sample_problem(rng: random.Random, family: str, difficulty: int) -> Problem:
     return _GENERATORS[family](rng, difficulty + 1)
 
 
-def _join(paragraphs: Sequence[Sequence[str]]) -> str:
-    return PARAGRAPH_SEP.join(SENTENCE_SEP.join(p) for p in paragraphs)
-
-
 def make_document(doc_id: str, problems: Sequence[Problem]) -> Document:
     """A document stating ``problems``: per problem a question paragraph, then "Answer: N."."""
     paragraphs: list[list[str]] = []
@@ -129,7 +126,7 @@ def make_document(doc_id: str, problems: Sequence[Problem]) -> Document:
         paragraphs.append([f"{ANSWER_PREFIX} {pr.answer}."])
         oracle[n_sent] = pr.solution  # the reasoning the raw text leaves out sits before the answer
         n_sent += 1
-    return Document(doc_id, _join(paragraphs), paragraphs, oracle, list(problems))
+    return Document(doc_id, document_text(paragraphs), paragraphs, oracle, list(problems))
 
 
 def make_documents(problems: Sequence[Problem], id_prefix: str, seed: int) -> list[Document]:
@@ -209,7 +206,7 @@ def split_paragraphs(text: str) -> list[list[str]]:
 def text_document(doc_id: str, text: str) -> Document:
     """A Document from free text; its ``text`` is re-joined so chunks tile it exactly."""
     paragraphs = split_paragraphs(text)
-    return Document(doc_id, _join(paragraphs), paragraphs)
+    return Document(doc_id, document_text(paragraphs), paragraphs)
 
 
 def load_text_corpus(path: str | Path, text_column: str = "text", id_column: Optional[str] = "id") -> list[Document]:

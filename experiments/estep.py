@@ -14,7 +14,6 @@ another. Shards cache each finished group in ``cache/`` and a rerun after a cras
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +26,12 @@ from tqdm import tqdm
 from experiments.chunking import chunk_document, chunk_texts
 from experiments.corpus import Document
 from experiments.docstore import load_docs, load_thoughts, save_thoughts
-from experiments.formats import encode_parts, joint_parts, posterior_prompt, stable_seed
+from experiments.formats import encode_parts, joint_parts, posterior_prompt
 from experiments.importance import effective_sample_size, elbo, log_weights, resample
 from experiments.samplers import Sampler, build_sampler
+from experiments.seeding import stable_seed
 from experiments.tokens import EOL, POSTERIOR, PRIOR, SOL
+from platform.files import write_atomic
 
 SAMPLE_COLUMNS = [
     "doc_id", "chunk_id", "sample_idx", "thought", "thought_tokens",
@@ -269,12 +270,6 @@ def _sample_metrics(samples: pd.DataFrame) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------ stage entry points
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _group_paths(cache: Path, g: int) -> tuple[Path, Path]:
     return cache / f"group_{g:05d}.parquet", cache / f"group_{g:05d}.json"
 
@@ -336,8 +331,8 @@ def run_shard(ctx) -> dict[str, Any]:
                 sampler = build_sampler(p.sampler.as_dict(), model_dir)
             frame, info = _infer_group(sampler, p, [docs[d] for d in ids], ctx.shard_index)
             table, meta = _group_paths(cache, g)
-            _write_atomic(table, lambda path: frame.to_parquet(path, index=False))
-            _write_atomic(meta, lambda path: path.write_text(json.dumps(info), encoding="utf-8"))
+            write_atomic(table, lambda path: frame.to_parquet(path, index=False))
+            write_atomic(meta, lambda path: path.write_text(json.dumps(info), encoding="utf-8"))
         else:
             frame, info = cached
         frames.append(frame)
@@ -345,8 +340,8 @@ def run_shard(ctx) -> dict[str, Any]:
         for k in totals:
             totals[k] += int(info["counts"][k])
     samples = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SAMPLE_COLUMNS)
-    _write_atomic(out / "estep_samples.parquet", lambda path: samples.to_parquet(path, index=False))
-    _write_atomic(out / "thoughts.jsonl", lambda path: save_thoughts(path, {d: thoughts[d] for d in mine}))
+    write_atomic(out / "estep_samples.parquet", lambda path: samples.to_parquet(path, index=False))
+    write_atomic(out / "thoughts.jsonl", lambda path: save_thoughts(path, {d: thoughts[d] for d in mine}))
     n_params = checkpoint_num_params(model_dir)
     summary = {**totals, "num_docs": len(mine), "n_params": n_params,
                "flops": 2.0 * n_params * (totals["tokens_in"] + totals["tokens_out"])}

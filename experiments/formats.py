@@ -1,7 +1,8 @@
 """Every string and token format of the thought-augmented data (docs/method.md "Data format", "E-step, exactly").
 
 Conventions, pinned by tests/experiments/test_formats.py:
-- A document is paragraphs joined by ``PARAGRAPH_SEP`` ("\\n\\n"), sentences by ``SENTENCE_SEP`` (" ").
+- A document is paragraphs joined by ``PARAGRAPH_SEP`` ("\\n\\n"), sentences by ``SENTENCE_SEP`` (" ")
+  (both in experiments/seeding.py, with the seeds that hash document text).
 - A *chunk* string is the chunk's raw text followed by the separator that followed it in the document
   ("" for the last chunk), so ``"".join(chunks) == doc.text``. The separator belongs *between* chunk
   renderings: a thought never sits between a chunk's text and its separator.
@@ -18,16 +19,15 @@ Conventions, pinned by tests/experiments/test_formats.py:
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
+from experiments.chunking import chunk_texts
+from experiments.seeding import PARAGRAPH_SEP, stable_seed
 from experiments.tokens import EOL, POSTERIOR, PRIOR, SOL
 
-PARAGRAPH_SEP = "\n\n"
-SENTENCE_SEP = " "
 ANSWER_PREFIX = "Answer:"
 FORMS = ("raw", "prior", "posterior")
 MODES = ("random", "prior_only", "posterior_only", "raw")
@@ -178,12 +178,6 @@ def pack_windows(docs_ids: Iterable[Sequence[int]], window: int, pad_id: int, dr
     return rows.astype(np.int32)
 
 
-def stable_seed(*parts: Any) -> int:
-    """A 64-bit seed from parts, identical in every process (Python's hash() is salted)."""
-    blob = "\x1f".join(str(p) for p in parts).encode("utf-8")
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little")
-
-
 def build_training_texts(
     docs: Sequence[Any],
     thoughts_by_doc: dict[str, Sequence[Optional[str]]],
@@ -201,8 +195,6 @@ def build_training_texts(
     (build_train passes the EM iteration and the epoch), so every reading flips fresh coins. A
     document absent from ``thoughts_by_doc`` (or with every thought None) renders as its raw text.
     """
-    from experiments.chunking import chunk_texts  # chunking imports formats' separators
-
     if not 0.0 <= raw_mix_ratio <= 1.0:
         raise ValueError(f"data.raw_mix_ratio={raw_mix_ratio} must be in [0, 1]")
     if mode not in MODES:

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Optional
 import duckdb
 import yaml
 
+from platform.rundir import read_ledger
 from platform.stage import MARKER
 from platform.store import writer
 
@@ -71,8 +72,7 @@ def _ingest_run(con: duckdb.DuckDBPyConnection, run_path: Path) -> int:
          git.get("commit"), git.get("dirty"), meta.get("status"), meta.get("error"), str(run_path),
          _ts(meta.get("started_at")), _ts(meta.get("ended_at"))],
     )
-    ledger = [json.loads(x) for x in (run_path / "stages.jsonl").read_text().splitlines() if x.strip()] \
-        if (run_path / "stages.jsonl").exists() else []
+    ledger = read_ledger(run_path)
     submitted: dict[str, set[str]] = {}  # per stage key, the job ids this run submitted
     for entry in ledger:
         if entry.get("status") == "submitted" and entry.get("job_id"):

@@ -14,7 +14,6 @@ Stage outputs (checkpoints in Hugging Face format, metrics.jsonl, estep_samples.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import threading
 import time
@@ -24,6 +23,9 @@ from typing import Any
 import yaml
 
 from platform.compose import REPO_ROOT
+from platform.files import write_json_atomic
+
+LEDGER = "stages.jsonl"
 
 
 def git_info(root: Path = REPO_ROOT) -> dict[str, Any]:
@@ -33,6 +35,14 @@ def git_info(root: Path = REPO_ROOT) -> dict[str, Any]:
     commit = git("rev-parse", "HEAD") or None
     dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None
     return {"commit": commit, "dirty": dirty}
+
+
+def read_ledger(run_path: Path) -> list[dict[str, Any]]:
+    """The stage events of the run in ``run_path``, oldest first ([] before its first event)."""
+    path = Path(run_path) / LEDGER
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 class RunDir:
@@ -62,20 +72,15 @@ class RunDir:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        tmp = self.path / f"run.json.tmp{os.getpid()}"
-        tmp.write_text(json.dumps(meta, indent=1, default=str))
-        os.replace(tmp, self.path / "run.json")
+        write_json_atomic(self.path / "run.json", meta)
 
     def update_meta(self, **fields: Any) -> None:
         with self._lock:
             self.write_meta({**self.read_meta(), **fields})
 
     def ledger(self, entry: dict[str, Any]) -> None:
-        with self._lock, open(self.path / "stages.jsonl", "a", encoding="utf-8") as f:
+        with self._lock, open(self.path / LEDGER, "a", encoding="utf-8") as f:
             f.write(json.dumps({"t": time.time(), **entry}, default=str) + "\n")
 
     def read_ledger(self) -> list[dict[str, Any]]:
-        path = self.path / "stages.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_ledger(self.path)

@@ -32,6 +32,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from platform.files import write_json_atomic
+
 MARKER = "_COMPLETE.json"
 # Bump when the way keys are computed changes (not a stage's semantics: that is its own `version`).
 # Markers record it, so a results folder from an earlier scheme is reported instead of silently missed.
@@ -162,12 +164,6 @@ def shard_dir(out_dir: Path, shard_index: int, num_shards: int) -> Path:
     return out_dir / "shards" / f"{shard_index:05d}-of-{num_shards:05d}"
 
 
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _job_id() -> str:
     """The id sacct and submitit use: ``<array>_<task>`` for array elements."""
     env = os.environ
@@ -197,7 +193,7 @@ def _run_fn(fn_path: str, ctx: StageContext) -> dict[str, Any]:
         "scheme": KEY_SCHEME,
         "summary": summary,
     }
-    _write_json_atomic(ctx.out_dir / MARKER, record)
+    write_json_atomic(ctx.out_dir / MARKER, record)
     return record
 
 

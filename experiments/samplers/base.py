@@ -21,11 +21,9 @@ Conventions every backend follows:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Optional, Protocol, Sequence, runtime_checkable
-
-BACKENDS = ("hf", "vllm")
+from typing import Any, Optional, Sequence
 
 
 @dataclass
@@ -42,8 +40,13 @@ class SampleOut:
         return float(sum(self.logprobs)) + (self.stop_logprob if self.finished else 0.0)
 
 
-@runtime_checkable
-class Sampler(Protocol):
+class Sampler(ABC):
+    """What callers use: ``sample``, ``score``, ``score_tokens`` and ``tokenizer``.
+
+    A backend implements ``_sample`` and ``_score_tokens``, which get arguments already checked
+    (``_sample`` at least one prompt); the checks and ``score`` are the same for every backend.
+    """
+
     tokenizer: Any
 
     def sample(
@@ -57,15 +60,26 @@ class Sampler(Protocol):
         banned_token_ids: Sequence[int] = (),
     ) -> list[list[SampleOut]]:
         """``n`` samples per prompt: result[i][j] is sample j of prompt i."""
-        ...
+        check_sample_args(prompts_ids, n, max_tokens, temperature, stop_token_id, banned_token_ids)
+        if not prompts_ids:
+            return []
+        return self._sample(prompts_ids, n, max_tokens, temperature, stop_token_id, seed, banned_token_ids)
 
     def score(self, prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> list[float]:
         """Sum of log p(cont token | prefix + earlier cont tokens), per pair."""
-        ...
+        return [float(sum(t)) for t in self.score_tokens(prefix_ids, cont_ids)]
 
     def score_tokens(self, prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> list[list[float]]:
         """Per-token log p of each continuation token (the terms ``score`` sums)."""
-        ...
+        check_score_args(prefix_ids, cont_ids)
+        return self._score_tokens(prefix_ids, cont_ids)
+
+    @abstractmethod
+    def _sample(self, prompts_ids: list[list[int]], n: int, max_tokens: int, temperature: float,
+                stop_token_id: Optional[int], seed: int, banned_token_ids: Sequence[int]) -> list[list[SampleOut]]: ...
+
+    @abstractmethod
+    def _score_tokens(self, prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> list[list[float]]: ...
 
 
 def check_sample_args(prompts_ids: list[list[int]], n: int, max_tokens: int, temperature: float,
@@ -90,18 +104,3 @@ def check_score_args(prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> 
     for i, p in enumerate(prefix_ids):
         if len(p) == 0:
             raise ValueError(f"score: prefix {i} is empty; the first continuation token needs a context (BOS)")
-
-
-def build_sampler(sampler_cfg: dict[str, Any], model_dir: str | Path) -> Sampler:
-    """The sampler named by ``sampler.backend`` over the checkpoint in ``model_dir``."""
-    backend = sampler_cfg.get("backend", "hf")
-    if backend == "hf":
-        from experiments.samplers.hf import HFSampler
-
-        return HFSampler.from_pretrained(model_dir, sampler_cfg)
-    if backend == "vllm":
-        # imported lazily: vllm is a heavy, optional install (make setup-vllm / the gpu extra)
-        from experiments.samplers.vllm import VLLMSampler
-
-        return VLLMSampler.from_pretrained(model_dir, sampler_cfg)
-    raise ValueError(f"sampler.backend={backend!r} is not one of {list(BACKENDS)}")

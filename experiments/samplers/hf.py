@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.cache_utils import Cache
 
-from experiments.samplers.base import SampleOut, check_sample_args, check_score_args
+from experiments.samplers.base import SampleOut, Sampler
 from experiments.samplers.decode_cache import PreallocatedLayer, SharedPrompts, attention_implementation
 from experiments.samplers.llama_decode import LlamaDecodeStep, unsupported_reason
+from experiments.seeding import prompt_seed
 
 _M32 = 0xFFFFFFFF
 SCORE_MIN_FILL = 0.75  # a scoring batch wastes at most a quarter of each row on padding
@@ -47,8 +48,7 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 
 def row_keys(seed: int, prompt_ids: list[int], n: int) -> list[int]:
     """A 32-bit key per (seed, prompt, sample index): what makes a sample independent of batching."""
-    digest = hashlib.blake2b(struct.pack(f"<q{len(prompt_ids)}q", seed, *prompt_ids), digest_size=8).digest()
-    base = int.from_bytes(digest, "little")
+    base = prompt_seed(seed, prompt_ids)
     return [int.from_bytes(hashlib.blake2b(struct.pack("<Qq", base, j), digest_size=4).digest(), "little") for j in range(n)]
 
 
@@ -74,7 +74,7 @@ def choose_tokens(logits: torch.Tensor, temperature: float, keys: torch.Tensor, 
     return (logits.double() / temperature + noise).argmax(-1)
 
 
-class HFSampler:
+class HFSampler(Sampler):
     def __init__(self, model: torch.nn.Module, tokenizer: Any, batch_size: int = 256, score_batch_tokens: int = 32768,
                  fused_decode: bool = True):
         if batch_size < 1:
@@ -109,17 +109,8 @@ class HFSampler:
 
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()
-    def sample(
-        self,
-        prompts_ids: list[list[int]],
-        n: int,
-        max_tokens: int,
-        temperature: float = 1.0,
-        stop_token_id: Optional[int] = None,
-        seed: int = 0,
-        banned_token_ids: Sequence[int] = (),
-    ) -> list[list[SampleOut]]:
-        check_sample_args(prompts_ids, n, max_tokens, temperature, stop_token_id, banned_token_ids)
+    def _sample(self, prompts_ids: list[list[int]], n: int, max_tokens: int, temperature: float,
+                stop_token_id: Optional[int], seed: int, banned_token_ids: Sequence[int]) -> list[list[SampleOut]]:
         banned = torch.tensor(sorted(set(banned_token_ids)), dtype=torch.long, device=self.device)
         out: list[list[Optional[SampleOut]]] = [[None] * n for _ in prompts_ids]
         # longest prompts first, so a minibatch holds prompts of similar length (little padding)
@@ -133,15 +124,16 @@ class HFSampler:
                 out[i] = results[b * n : (b + 1) * n]
         return out  # type: ignore[return-value]
 
-    def _sample_batch(self, prompts, n, max_tokens, temperature, stop_id, seed, banned) -> list[SampleOut]:
-        dev = self.device
+    def _prefill(self, prompts: list[list[int]], n: int) -> tuple[torch.Tensor, SharedPrompts, torch.Tensor]:
+        """One left-padded forward of the prompts: the first logits and position of each of the
+        ``len(prompts) * n`` rows (sample j of prompt b is row b * n + j), and the shared prompt cache."""
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for b, p in enumerate(prompts):  # left padding: every prompt ends at the last column
             ids[b, width - len(p) :] = torch.tensor(p)
             mask[b, width - len(p) :] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
+        ids, mask = ids.to(self.device), mask.to(self.device)
         # explicit positions: with left padding the first real token must sit at position 0
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         prefill = DynamicCache(config=self.model.config)
@@ -151,8 +143,11 @@ class HFSampler:
         # the n samples of a prompt share its prefill: its logits are repeated, its cache is not
         prompts_kv = SharedPrompts(prefill, mask, n)
         del prefill
-        logits = logits.repeat_interleave(n, 0)
-        next_pos = pos[:, -1:].repeat_interleave(n, 0) + 1
+        return logits.repeat_interleave(n, 0), prompts_kv, pos[:, -1:].repeat_interleave(n, 0) + 1
+
+    def _sample_batch(self, prompts, n, max_tokens, temperature, stop_id, seed, banned) -> list[SampleOut]:
+        dev = self.device
+        logits, prompts_kv, next_pos = self._prefill(prompts, n)
         own = Cache(layers=[PreallocatedLayer(max_tokens) for _ in range(self.model.config.num_hidden_layers)])
         keys = torch.tensor([k for p in prompts for k in row_keys(seed, p, n)], dtype=torch.int64, device=dev)
 
@@ -191,6 +186,10 @@ class HFSampler:
                         shared_prompts=prompts_kv,
                     ).logits[:, -1]
                 next_pos = next_pos + 1
+        return self._outputs(tok_buf, lp_buf, length, finished)
+
+    def _outputs(self, tok_buf: torch.Tensor, lp_buf: torch.Tensor, length: torch.Tensor,
+                 finished: torch.Tensor) -> list[SampleOut]:
         lens, fin = length.tolist(), finished.tolist()
         toks, lps = tok_buf.tolist(), lp_buf.tolist()
         return [
@@ -201,16 +200,12 @@ class HFSampler:
                 fin[r],
                 lps[r][lens[r]] if fin[r] else 0.0,  # the stop token sits right after the kept ones
             )
-            for r in range(rows)
+            for r in range(len(lens))
         ]
 
     # ---------------------------------------------------------------- scoring
-    def score(self, prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> list[float]:
-        return [float(sum(t)) for t in self.score_tokens(prefix_ids, cont_ids)]
-
     @torch.no_grad()
-    def score_tokens(self, prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> list[list[float]]:
-        check_score_args(prefix_ids, cont_ids)
+    def _score_tokens(self, prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> list[list[float]]:
         seqs = [list(p) + list(c) for p, c in zip(prefix_ids, cont_ids)]
         out: list[list[float]] = [[] for _ in seqs]
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))

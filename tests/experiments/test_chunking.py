@@ -5,8 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.chunking import chunk_document, chunk_texts, text_seed
+from experiments.chunking import chunk_document, chunk_texts
 from experiments.corpus import text_document
+from experiments.seeding import stable_seed
 
 PARAS = [[f"P{p}S{s}." for s in range(n)] for p, n in enumerate([30, 1, 12, 5])]
 
@@ -27,7 +28,7 @@ def test_lengths_follow_the_seeded_poisson_draws():
     # one long paragraph: every chunk but the last has exactly min(Poisson+1, cap) sentences
     para = [[f"s{i}." for i in range(400)]]
     chunks = chunk_document(para, 7.0, 20)
-    rng = np.random.default_rng(text_seed(" ".join(para[0])))
+    rng = np.random.default_rng(stable_seed(" ".join(para[0])))
     expected = [min(int(rng.poisson(7.0)) + 1, 20) for _ in chunks]
     assert [len(c) for c in chunks[:-1]] == expected[:-1]
     assert 7.0 < np.mean([len(c) for c in chunks[:-1]]) < 9.0  # about 8 on average (docs/method.md "Chunking")

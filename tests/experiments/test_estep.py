@@ -12,10 +12,11 @@ import experiments.estep as estep
 from experiments.chunking import chunk_texts
 from experiments.corpus import generate_corpus
 from experiments.docstore import load_thoughts, save_docs
-from experiments.formats import joint_parts, posterior_prompt, split_separator, stable_seed
+from experiments.formats import joint_parts, posterior_prompt, split_separator
 from experiments.importance import elbo, resample
 from experiments.samplers import SampleOut
 from experiments.samplers.hf import HFSampler
+from experiments.seeding import stable_seed
 from experiments.tokens import EOL, PRIOR, SOL
 from experiments.inputs import Chunking, EStepInput
 from platform.stage import StageContext, shard_dir
