@@ -94,6 +94,15 @@ def load(sql: str, *params: Any) -> pd.DataFrame:
         st.stop()
 
 
+def load_estep_runs() -> pd.DataFrame:
+    """The runs with E-step samples (ESTEP_RUNS_SQL); while there are none the page stops with a note."""
+    runs = load(ESTEP_RUNS_SQL)
+    if runs.empty:
+        st.info("No E-step samples yet: a bootstrap run writes them in its first E-step.")
+        st.stop()
+    return runs
+
+
 def unavailable_message(exc: DatabaseUnavailable) -> str:
     """What a page says when the database cannot be read; for a missing one, how to name another."""
     return f"{exc}; {NO_DB_HINT}" if isinstance(exc, store.StoreMissing) else str(exc)
