@@ -56,14 +56,17 @@ CREATE TABLE IF NOT EXISTS shards (
 );
 -- The shards of a stage the run got from the cache: not compute this run spent (as stages.cached).
 ALTER TABLE shards ADD COLUMN IF NOT EXISTS cached BOOLEAN;
--- Per run and iteration, the eval metrics side by side (accuracy, nll, elbo_k, ess).
+-- Per run and iteration, the eval stage's metrics side by side, each at the last step the stage logged
+-- it (the value the orchestrator reports to Optuna). The views are replaced on every write, so a store
+-- written by an earlier version is upgraded in place; readers define them afresh (platform/store.py).
 CREATE OR REPLACE VIEW iterations AS
 SELECT r.run_id, r.experiment, r.kind, r.study, r.trial, r.seed, m.iteration,
-       max(CASE WHEN m.name = 'accuracy' THEN m.value END) AS accuracy,
-       max(CASE WHEN m.name = 'nll' THEN m.value END) AS nll,
-       max(CASE WHEN m.name = 'elbo_1' THEN m.value END) AS elbo_1,
-       max(CASE WHEN m.name = 'elbo_2' THEN m.value END) AS elbo_2,
-       max(CASE WHEN m.name = 'elbo_4' THEN m.value END) AS elbo_4
+       arg_max(m.value, m.step) FILTER (WHERE m.name = 'accuracy') AS accuracy,
+       arg_max(m.value, m.step) FILTER (WHERE m.name = 'nll') AS nll,
+       arg_max(m.value, m.step) FILTER (WHERE m.name = 'elbo_1') AS elbo_1,
+       arg_max(m.value, m.step) FILTER (WHERE m.name = 'elbo_2') AS elbo_2,
+       arg_max(m.value, m.step) FILTER (WHERE m.name = 'elbo_4') AS elbo_4,
+       arg_max(m.value, m.step) FILTER (WHERE m.name = 'thought_tokens_mean') AS thought_tokens_mean
 FROM runs r JOIN metrics m USING (run_id)
 WHERE m.stage = 'eval'
 GROUP BY ALL;
