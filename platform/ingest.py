@@ -1,7 +1,9 @@
 """Load run folders and Optuna studies into DuckDB, idempotently.
 
 Each run is replaced as a whole (delete its rows, insert what its folder says now), so ingesting
-twice adds no row and a re-ingest after a crash repairs a partial one.
+twice adds no row and a re-ingest after a crash repairs a partial one. E-step sample rows are not
+copied: their Parquet files are listed in ``estep_files`` and read through the ``estep_samples``
+view (platform/samples.py).
 
     python -m platform.ingest [--results results]
 """
@@ -17,11 +19,12 @@ from typing import Any, Iterable, Optional
 import duckdb
 import yaml
 
+from platform import samples
 from platform.rundir import read_ledger
 from platform.stage import MARKER
 from platform.store import writer
 
-RUN_TABLES = ("runs", "stages", "shards", "metrics", "estep_samples")
+RUN_TABLES = ("runs", "stages", "shards", "metrics", "estep_files")
 
 
 def _ts(t: Optional[float]) -> Optional[datetime]:
@@ -130,19 +133,9 @@ def _ingest_stage(con: duckdb.DuckDBPyConnection, run_id: str, entry: dict[str, 
             "wall_s": shard.get("wall_s"), "tokens_in": part.get("tokens_in"), "tokens_out": part.get("tokens_out"),
             "flops": part.get("flops"), "cached": entry.get("cached"),
         })
-    samples = art / "estep_samples.parquet"
-    if samples.exists():
-        # files written before a column existed lack it: NULL there
-        present = {r[0] for r in con.execute("SELECT name FROM parquet_schema(?)", [str(samples)]).fetchall()}
-        late = ("chunk_text", "finished", "annotated", "thought_correct")
-        optional = ", ".join(c if c in present else f"NULL AS {c}" for c in late)
-        con.execute(
-            "INSERT INTO estep_samples (run_id, iteration, doc_id, chunk_id, sample_idx, thought, thought_tokens, "
-            f"log_p_joint, log_q, log_w, selected, model_path, model_key, {', '.join(late)}) "
-            "SELECT ?, ?, doc_id, chunk_id, sample_idx, thought, thought_tokens, "
-            f"log_p_joint, log_q, log_w, selected, ?, ?, {optional} FROM read_parquet(?)",
-            [run_id, entry.get("iteration"), model_path, model_key, str(samples)],
-        )
+    # E-step samples: the files are listed, not copied (platform/samples.py; the estep_samples view)
+    samples.register(con, results, art, {"run_id": run_id, "iteration": entry.get("iteration"), "stage": entry["stage"],
+                                         "cache_key": entry["key"], "model_path": model_path, "model_key": model_key})
     return rows
 
 

@@ -1,0 +1,254 @@
+"""E-step samples in the store: the Parquet files stay where the E-step wrote them; DuckDB lists them.
+
+An E-step stage writes ``artifacts/<stage>/<key>/estep_samples.parquet`` (the merge) and one file
+per shard under ``shards/``. Ingesting a run no longer copies their rows: it registers the files,
+one ``estep_files`` row per (run, file) with what the file itself cannot say (run id, iteration,
+stage, cache key, sampling checkpoint) and what its footer does (row count, column types). The
+view ``estep_samples`` has one ``read_parquet`` branch per registration (a run's E-step of one
+iteration) with those values as constants, so it has the columns the table had, a filter on run
+or iteration drops the other branches before anything is read, and ``count(*)`` comes from the
+footers. Columns a query does not name are never read: the aggregates never decode the thoughts.
+Registering costs one footer read per file, whatever the row count; each branch costs a query
+about half a millisecond to plan.
+
+Every write redefines the view from the list (:func:`refresh`), in the writer's transaction. A
+store written by an earlier version, which copied the rows into an ``estep_samples`` table, is
+upgraded on its first write (:func:`upgrade`): rows whose Parquet file still exists become list
+entries, the others move to ``estep_samples_legacy``, which the view reads too.
+
+Paths are stored relative to the results folder; the view names them in full. A reader that
+finds the folder moved defines the view afresh as a temporary view (:func:`reader_view`). A file
+deleted after it was registered makes the queries that read it fail, naming it, until the next
+ingest of its run forgets it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import duckdb
+
+from platform.stage import MARKER
+
+FILE_NAME = "estep_samples.parquet"
+VIEW, FILES, LEGACY = "estep_samples", "estep_files", "estep_samples_legacy"
+# The view's columns, in the order and with the types of the table it replaces.
+COLUMNS = (
+    ("run_id", "VARCHAR"), ("iteration", "INTEGER"), ("doc_id", "VARCHAR"), ("chunk_id", "INTEGER"),
+    ("sample_idx", "INTEGER"), ("thought", "VARCHAR"), ("thought_tokens", "INTEGER"), ("log_p_joint", "DOUBLE"),
+    ("log_q", "DOUBLE"), ("log_w", "DOUBLE"), ("selected", "BOOLEAN"), ("model_path", "VARCHAR"),
+    ("chunk_text", "VARCHAR"), ("finished", "BOOLEAN"), ("annotated", "BOOLEAN"), ("thought_correct", "BOOLEAN"),
+    ("model_key", "VARCHAR"),
+)
+FROM_LIST = ("run_id", "iteration", "model_path", "model_key")  # the rest is in the files
+# Parquet (Arrow) types the view reads without a cast; any other type is cast to the column's.
+_ARROW = {"string": "VARCHAR", "large_string": "VARCHAR", "int32": "INTEGER", "double": "DOUBLE", "bool": "BOOLEAN"}
+_BASE = re.compile(r"^Parquet files under (.*)$")
+# Statements that open files by name: refused on a sandboxed connection, whose allowed paths (the
+# registered files) would otherwise let COPY ... TO overwrite one of them.
+REFUSED = ("COPY", "COPY_DATABASE", "EXPORT", "ATTACH", "DETACH", "LOAD")
+
+
+def _shard_index(folder: Path) -> int:
+    return int(folder.name.split("-")[0])
+
+
+def stage_files(art: Path) -> list[tuple[Path, Optional[int]]]:
+    """The sample files of one stage folder, as (path, shard): the merged file when there is one,
+    else the shard files of its newest complete partition (``shards/NNNNN-of-MMMMM/``)."""
+    if (art / FILE_NAME).is_file():
+        return [(art / FILE_NAME, None)]
+    partitions: dict[str, list[Path]] = {}
+    for path in (art / "shards").glob(f"*/{FILE_NAME}"):
+        partitions.setdefault(path.parent.name.partition("-")[2], []).append(path.parent)
+    complete = []
+    for name, folders in partitions.items():
+        total = int(name.removeprefix("of-")) if name.startswith("of-") else len(folders)
+        if len(folders) == total and all((f / MARKER).is_file() for f in folders):
+            complete.append((max((f / MARKER).stat().st_mtime for f in folders), name))
+    if not complete:
+        return []
+    folders = sorted(partitions[max(complete)[1]], key=_shard_index)
+    return [(f / FILE_NAME, _shard_index(f)) for f in folders]
+
+
+def _relative(path: Path, base: Path) -> str:
+    path = path.resolve()
+    try:
+        return str(path.relative_to(base))
+    except ValueError:  # outside the results folder: kept absolute
+        return str(path)
+
+
+def _signature(schema) -> str:
+    """The file's sample columns and their Arrow types, ``name:type,...``: files that agree share a
+    ``read_parquet`` in the view."""
+    names = {name for name, _ in COLUMNS} - set(FROM_LIST)
+    return ",".join(f"{field.name}:{field.type}" for field in schema if field.name in names)
+
+
+def register(con: duckdb.DuckDBPyConnection, results: str | Path, art: Path, row: dict) -> int:
+    """List the sample files of stage folder ``art`` for one run; returns their row count.
+
+    ``row`` holds the columns the files lack (run_id, iteration, stage, cache_key, model_path,
+    model_key). Rows the legacy table holds for the same run and iteration are dropped: the files
+    say what that E-step wrote now, as a re-ingest said before.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    base = Path(results).resolve()
+    rows, now = [], datetime.now(timezone.utc).replace(tzinfo=None)
+    for path, shard in stage_files(art):
+        meta = pq.read_metadata(path)
+        rows.append({**row, "path": _relative(path, base), "shard": shard, "num_rows": meta.num_rows,
+                     "bytes": path.stat().st_size, "columns": _signature(meta.schema.to_arrow_schema()),
+                     "registered_at": now})
+    if not rows:
+        return 0
+    listed = pa.Table.from_pylist(rows)  # noqa: F841 (read by DuckDB's replacement scan)
+    con.execute(f"INSERT INTO {FILES} BY NAME SELECT * FROM listed")
+    con.execute(f"DELETE FROM {LEGACY} WHERE run_id = ? AND iteration IS NOT DISTINCT FROM ?",
+                [row["run_id"], row["iteration"]])
+    return sum(r["num_rows"] for r in rows)
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _absolute(base: Path, path: str) -> str:
+    return str(base / path)  # an absolute path stays itself
+
+
+def _literal(value, sql_type: str) -> str:
+    text = "NULL" if value is None else _quote(str(value)) if isinstance(value, str) else str(int(value))
+    return f"CAST({text} AS {sql_type})"
+
+
+def _branch_sql(listing: tuple, paths: list[str]) -> str:
+    """One ``read_parquet`` over one registration's files of one signature, with the columns the
+    files lack as constants (so a filter on them drops the whole branch when the query is planned)."""
+    signature, constants = listing[-1], dict(zip(FROM_LIST, listing))
+    present = dict(item.split(":", 1) for item in signature.split(",") if item)
+    cols = []
+    for name, sql_type in COLUMNS:
+        if name in constants:
+            cols.append(f"{_literal(constants[name], sql_type)} AS {name}")
+        elif name not in present:
+            cols.append(f"CAST(NULL AS {sql_type}) AS {name}")
+        else:
+            cols.append(f"s.{name}" if _ARROW.get(present[name]) == sql_type else f"CAST(s.{name} AS {sql_type}) AS {name}")
+    return f"SELECT {', '.join(cols)}\nFROM read_parquet([{', '.join(map(_quote, paths))}]) s"
+
+
+def view_sql(listings: list[tuple[tuple, list[str]]], temp: bool = False) -> str:
+    """CREATE OR REPLACE [TEMP] VIEW estep_samples: a branch per listing ((run_id, iteration,
+    model_path, model_key, signature), full paths) and the legacy table."""
+    legacy = f"SELECT {', '.join(name for name, _ in COLUMNS)} FROM {LEGACY}"
+    body = "\nUNION ALL\n".join([_branch_sql(*listing) for listing in listings] + [legacy])
+    return f"CREATE OR REPLACE {'TEMP ' if temp else ''}VIEW {VIEW} AS\n{body}"
+
+
+def _listings(con: duckdb.DuckDBPyConnection, base: Path) -> list[tuple[tuple, list[str]]]:
+    """The listed files by registration and signature, in a stable order."""
+    listings: dict[tuple, list[str]] = {}
+    for *key, path in con.execute(
+            f"SELECT {', '.join(FROM_LIST)}, columns, path FROM {FILES} "
+            "ORDER BY run_id, iteration, cache_key, columns, shard NULLS FIRST, path").fetchall():
+        listings.setdefault(tuple(key), []).append(_absolute(base, path))
+    return list(listings.items())
+
+
+def refresh(con: duckdb.DuckDBPyConnection, results: str | Path) -> None:
+    """Define the view over the files listed now; a comment on it records the results folder its
+    paths start with."""
+    base = Path(results).resolve()
+    con.execute(view_sql(_listings(con, base)))
+    con.execute(f"COMMENT ON VIEW {VIEW} IS {_quote(f'Parquet files under {base}')}")
+
+
+def _kind(con: duckdb.DuckDBPyConnection, name: str) -> Optional[str]:
+    """'BASE TABLE' or 'VIEW' for an object of the store's own schema, None if there is none."""
+    found = con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = ? "
+                        "AND table_catalog = current_database() AND table_schema = 'main'", [name]).fetchall()
+    return found[0][0] if found else None
+
+
+def upgrade(con: duckdb.DuckDBPyConnection, results: str | Path) -> None:
+    """A store whose ``estep_samples`` is a table of copied rows (an earlier version): each (run,
+    iteration) whose stage folder still holds its sample files is listed instead; the other rows
+    move to the legacy table. The table is then dropped (the view takes its name)."""
+    if _kind(con, VIEW) != "BASE TABLE":
+        return
+    stages = con.execute(f"""
+        SELECT DISTINCT e.run_id, e.iteration, s.stage, s.cache_key, s.model_path, s.model_key, s.artifact_dir
+        FROM (SELECT DISTINCT run_id, iteration FROM {VIEW}) e
+        JOIN stages s ON s.run_id = e.run_id AND s.iteration IS NOT DISTINCT FROM e.iteration
+        WHERE s.status = 'completed' AND s.artifact_dir IS NOT NULL""").fetchall()
+    listed = set()
+    for run_id, iteration, stage, cache_key, model_path, model_key, art in stages:
+        if (run_id, iteration) not in listed and stage_files(Path(art)):
+            register(con, results, Path(art), {"run_id": run_id, "iteration": iteration, "stage": stage,
+                                               "cache_key": cache_key, "model_path": model_path, "model_key": model_key})
+            listed.add((run_id, iteration))
+    con.execute(f"""INSERT INTO {LEGACY} BY NAME SELECT * FROM {VIEW} t WHERE NOT EXISTS (
+        SELECT 1 FROM {FILES} f WHERE f.run_id = t.run_id AND f.iteration IS NOT DISTINCT FROM t.iteration)""")
+    con.execute(f"DROP TABLE {VIEW}")
+
+
+def _view_base(con: duckdb.DuckDBPyConnection) -> Optional[str]:
+    found = con.execute("SELECT comment FROM duckdb_views() WHERE view_name = ? AND NOT temporary "
+                        "AND database_name = current_database()", [VIEW]).fetchall()
+    match = _BASE.match(found[0][0] or "") if found else None
+    return match.group(1) if match else None
+
+
+def reader_view(con: duckdb.DuckDBPyConnection, results: str | Path, want_paths: bool = False) -> list[str]:
+    """On a read-only connection: define the view as a temporary one when the file has none (its
+    tables were made by hand) or the results folder is no longer where the last writer saw it
+    (moved, copied, mounted elsewhere). Returns the full paths of the listed files when
+    ``want_paths`` (a sandbox allows exactly those)."""
+    if _kind(con, FILES) != "BASE TABLE" or _kind(con, VIEW) == "BASE TABLE":
+        return []  # not written since the upgrade: its table, if any, is read as is
+    base = Path(results).resolve()
+    moved = _view_base(con) != str(base)  # also when there is no view
+    if not moved and not want_paths:
+        return []
+    listings = _listings(con, base)
+    if moved:
+        con.execute(view_sql(listings, temp=True))
+    return sorted({path for _, paths in listings for path in paths})
+
+
+def _scans(node: dict) -> list[dict]:
+    name = str(node.get("name", "")).upper()
+    own = [node] if "SCAN" in name or "READ_PARQUET" in name else []
+    return own + [scan for child in node.get("children", []) for scan in _scans(child)]
+
+
+def scanned_columns(con: duckdb.DuckDBPyConnection, sql: str, params: Optional[list] = None) -> set[str]:
+    """The columns the scans in ``sql``'s plan read (EXPLAIN): Parquet projection means a query that
+    names no text column never decodes one."""
+    plan = json.loads(con.execute("EXPLAIN (FORMAT JSON) " + sql, list(params or [])).fetchall()[0][1])
+    columns: set[str] = set()
+    for scan in (s for node in (plan if isinstance(plan, list) else [plan]) for s in _scans(node)):
+        listed = scan.get("extra_info", {}).get("Projections", [])
+        columns.update(c.strip() for c in (listed.split("\n") if isinstance(listed, str) else listed))
+    return columns
+
+
+def check_user_sql(sql: str) -> None:
+    """Refuse the statements that name files (COPY, EXPORT, ATTACH, ...) before a sandboxed
+    connection runs ``sql``: its allowed paths are the registered files, readable for the view."""
+    for statement in duckdb.extract_statements(sql):
+        kind = statement.type.name
+        if kind in REFUSED:
+            raise duckdb.PermissionException(
+                f"Permission Error: {kind} is refused here: file system operations are disabled on this "
+                "connection (it reads the registered E-step files and nothing else)")
+
