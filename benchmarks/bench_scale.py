@@ -10,7 +10,8 @@ For 1M and 10M rows, one run, one iteration:
   a fresh read-only connection (a dashboard cache miss), and whether the plan reads the text columns;
 - disk: the Parquet files, the store with the view, and the store with today's copy of the rows
   (``INSERT INTO estep_samples SELECT ... FROM read_parquet``, as the ingester did before), whose
-  copy is timed and queried the same way.
+  copy is timed and queried the same way;
+- a store of 300 runs with one small E-step each: what the view's branch per run costs a query.
 
 Targets: registering under 5 s whatever the row count; each query under 1 s at 10M rows.
 """
@@ -138,10 +139,10 @@ def link_stage(src: Path, key: str, iteration: int) -> Path:
     return art
 
 
-def write_run(results: Path, stages: list[tuple[str, int, Path]]) -> None:
-    run = results / "runs" / RUN_ID
+def write_run(results: Path, stages: list[tuple[str, int, Path]], run_id: str = RUN_ID) -> None:
+    run = results / "runs" / run_id
     run.mkdir(parents=True, exist_ok=True)
-    (run / "run.json").write_text(json.dumps({"run_id": RUN_ID, "experiment": "scale", "kind": "bootstrap",
+    (run / "run.json").write_text(json.dumps({"run_id": run_id, "experiment": "scale", "kind": "bootstrap",
                                               "status": "completed", "params": {"estep.num_samples": K}}))
     (run / "stages.jsonl").write_text("".join(json.dumps({
         "stage": "estep", "iteration": it, "key": key, "artifact_dir": str(art), "status": "completed",
@@ -212,6 +213,25 @@ def measure(tmp: Path, n_rows: int, shards: int, repeat: int, copy: bool) -> dic
     return out
 
 
+def many_registrations(tmp: Path, n_runs: int, repeat: int) -> dict[str, Any]:
+    """A sweep's store: ``n_runs`` runs of one small E-step each. The view has a branch per run, each
+    planned on every query (the price of dropping the others before anything is read)."""
+    from dashboard import data
+    from platform.ingest import ingest_runs
+    from platform.store import query_df
+
+    results = tmp / "many"
+    for r in range(n_runs):
+        art = write_stage(results, f"m{r:05d}", 1, 400, 1)
+        write_run(results, [(art.name, 1, art)], run_id=f"run-{r:05d}")
+    _, t_ingest = timed(lambda: ingest_runs(results))
+    last = f"run-{n_runs - 1:05d}"
+    t_runs, _ = median_time(lambda: query_df(results, data.ESTEP_RUNS_SQL), repeat)
+    t_doc, _ = median_time(lambda: query_df(results, data.DOC_SAMPLES_SQL, [last, 1, "train-00000010"]), repeat)
+    return {"runs": n_runs, "rows": 400 * n_runs, "ingest_all_s": t_ingest, "estep_runs_s": t_runs,
+            "doc_samples_one_run_s": t_doc}
+
+
 def _rows(m: dict[str, Any]) -> tuple[dict, list[dict], dict]:
     reg = {"rows": m["rows"], "files": m["files"], "register_s": m["register_s"],
            "register_second_iteration_s": m["register_next_s"], "target_s": REGISTER_TARGET_S,
@@ -238,6 +258,8 @@ def run(smoke: bool, sizes: tuple[int, ...] | None = None) -> dict[str, Any]:
         tables["register"].append(reg)
         tables["queries"] += queries
         tables["disk"].append(disk)
+    with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
+        tables["many_registrations"] = [many_registrations(Path(tmp), 20 if smoke else 300, repeat)]
     top = max(sizes)
     at_top = [q for q in tables["queries"] if q["rows"] == top]
     summary = {"register_max_s": max(max(r["register_s"], r["register_second_iteration_s"]) for r in tables["register"]),
@@ -250,5 +272,7 @@ def run(smoke: bool, sizes: tuple[int, ...] | None = None) -> dict[str, Any]:
              f"redefined); register_second_iteration_s: the same once iteration 2's {shards} files exist (both listed)",
              "copy: today's ingest, the rows copied into an estep_samples table (INSERT ... SELECT FROM read_parquet)",
              "reads_text: the view's plan (EXPLAIN) has a scan that reads `thought` or `chunk_text`: only the "
-             "browser's document query should"]
+             "browser's document query should",
+             "many_registrations: a store of many runs with one small E-step each (a branch of the view per run): "
+             "every query plans every branch"]
     return section("Results store at scale", tables, summary, notes)
