@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS estep_files (
     shard INTEGER,  -- NULL for the stage's merged file
     num_rows BIGINT, bytes BIGINT,
     columns VARCHAR,  -- the file's sample columns and their Parquet (Arrow) types: name:type,...
-    registered_at TIMESTAMP
+    registered_at TIMESTAMP,
+    part INTEGER, file_index UBIGINT  -- its read_parquet in the view and its place in that list
 );
 -- Rows an earlier version copied into its estep_samples table whose Parquet file was gone when the
 -- store was upgraded: kept here, and read by the view. The columns are the view's: chunk_text is the

@@ -241,5 +241,5 @@ def test_a_query_for_one_run_opens_only_that_runs_files(tmp_path):
         read = _files_read(con, "select count(*), sum(log_w) from estep_samples where run_id = ?", ["b"])
         if not read:
             pytest.skip("this DuckDB's profile does not count the files a scan read")
-        assert read == [4]  # b's branch; a's is dropped when the query is planned
-        assert sorted(_files_read(con, "select sum(log_w) from estep_samples", [])) == [4, 4]
+        assert read in ([4], [5])  # b's 4 files (and the list's first, opened for its schema); a's stay shut
+        assert _files_read(con, "select sum(log_w) from estep_samples", []) == [8]
