@@ -40,7 +40,7 @@ TEXT_COLUMNS = ("thought", "chunk_text")
 PAGE_SAMPLES = "estep_samples (E-step page: load_estep_samples)"
 # Today's table (platform/schema.sql before the view), for the copy the ingester used to make.
 COPY_DDL = """
-DROP VIEW IF EXISTS estep_samples;
+DROP VIEW IF EXISTS estep_samples; DROP TABLE estep_files; DROP TABLE estep_samples_legacy;
 CREATE TABLE estep_samples (
     run_id VARCHAR, iteration INTEGER, doc_id VARCHAR, chunk_id INTEGER, sample_idx INTEGER,
     thought VARCHAR, thought_tokens INTEGER, log_p_joint DOUBLE, log_q DOUBLE, log_w DOUBLE,
@@ -78,7 +78,8 @@ def _queries(n_rows: int) -> dict[str, tuple[str, list]]:
 
     doc = f"train-{n_rows // K // 3 // 2:08d}"
     return {
-        "estep_runs (both pages)": (data.ESTEP_RUNS_SQL, []),
+        "estep_runs, one query (ESTEP_RUNS_SQL)": (data.ESTEP_RUNS_SQL, []),
+        "estep_runs (both pages: the file list, ESTEP_RUNS_LISTED_SQL)": (data.ESTEP_RUNS_LISTED_SQL, []),
         "estep_samples, one query (ESTEP_SAMPLES_SQL)": (data.ESTEP_SAMPLES_SQL, [RUN_ID, 50_000]),
         PAGE_SAMPLES: (data.ESTEP_SAMPLES_HASHED_SQL, [RUN_ID, data.hash_bound(n_rows, 50_000) or 2**64 - 1, 50_000]),
         "estep_metrics (E-step page)": (data.ESTEP_METRICS_SQL, [RUN_ID]),
@@ -164,7 +165,10 @@ def time_queries(db: Path, n_rows: int, repeat: int) -> dict[str, dict[str, Any]
     out = {}
     for name, (sql, params) in _queries(n_rows).items():
         run = (lambda: _page_samples(db, n_rows)) if name == PAGE_SAMPLES else (lambda: query_df(db, sql, params))
-        t, _ = median_time(run, repeat)
+        try:
+            t, _ = median_time(run, repeat)
+        except duckdb.CatalogException:  # the copy's store has no file list
+            continue
         out[name] = {"s": t, "rows": len(run()), "reads_text": reads_text(db, sql, params)}
     return out
 
@@ -239,7 +243,7 @@ def _rows(m: dict[str, Any]) -> tuple[dict, list[dict], dict]:
     queries = []
     for name, v in m["view"].items():
         c = m.get("copy", {}).get(name, {})
-        queries.append({"rows": m["rows"], "query": name, "view_s": v["s"], "copy_s": c.get("s"),
+        queries.append({"rows": m["rows"], "query": name, "view_s": v["s"], "copy_s": c.get("s"),  # None: no list
                         "result_rows": v["rows"], "reads_text": "yes" if v["reads_text"] else "no", "target_s": QUERY_TARGET_S,
                         "target_met": v["s"] <= QUERY_TARGET_S})
     disk = {"rows": m["rows"], "parquet_mb": m["parquet_mb"], "view_store_mb": m["view_db_mb"],

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import duckdb
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -98,8 +99,12 @@ def load(sql: str, *params: Any) -> pd.DataFrame:
 
 
 def load_estep_runs() -> pd.DataFrame:
-    """The runs with E-step samples (ESTEP_RUNS_SQL); while there are none the page stops with a note."""
-    runs = load(ESTEP_RUNS_SQL)
+    """The runs with E-step samples (ESTEP_RUNS_SQL's rows, from the list of files: ESTEP_RUNS_LISTED_SQL);
+    while there are none the page stops with a note."""
+    try:
+        runs = load(ESTEP_RUNS_LISTED_SQL)
+    except duckdb.CatalogException:  # a store not written since it copied the rows in: no list yet
+        runs = load(ESTEP_RUNS_SQL)
     if runs.empty:
         st.info("No E-step samples yet: a bootstrap run writes them in its first E-step.")
         st.stop()
@@ -202,6 +207,14 @@ WHERE run_id = ? AND stage = 'estep' ORDER BY iteration, shard
 ESTEP_RUNS_SQL = """
 SELECT run_id, list(DISTINCT iteration ORDER BY iteration) AS iterations, count(*) AS n_samples
 FROM estep_samples GROUP BY run_id ORDER BY run_id
+"""
+# The same from the store's list of E-step files and their footers' row counts, reading no sample:
+# ESTEP_RUNS_SQL scans every row of every run.
+ESTEP_RUNS_LISTED_SQL = """
+SELECT run_id, list(DISTINCT iteration ORDER BY iteration) AS iterations, CAST(sum(n) AS BIGINT) AS n_samples
+FROM (SELECT run_id, iteration, num_rows AS n FROM estep_files WHERE part IS NOT NULL
+      UNION ALL SELECT run_id, iteration, count(*) FROM estep_samples_legacy GROUP BY ALL)
+GROUP BY run_id ORDER BY run_id
 """
 # The E-step page plots distributions, so a huge run is cut to a pseudo-random set of chunks:
 # ordering by a hash of the chunk keeps its K samples together and the same chunks in every iteration.

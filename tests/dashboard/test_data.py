@@ -246,7 +246,7 @@ def test_every_page_query_works_on_a_store_written_before_the_views_changed(tmp_
     ro.close()
 
 
-def test_a_large_runs_samples_are_the_full_querys_rows(tmp_path):
+def test_the_pages_cheaper_estep_queries_return_the_full_ones_rows(tmp_path):
     from tests.dashboard.synthetic import build_synthetic_results
 
     db = build_synthetic_results(tmp_path / "r", settings=[{"estep.num_samples": 4, "estep.max_thought_tokens": 32, "data.raw_mix_ratio": 0.0}],
@@ -258,6 +258,7 @@ def test_a_large_runs_samples_are_the_full_querys_rows(tmp_path):
         used.append(sql)
         return data.run_query(db, sql, params)
 
+    pd.testing.assert_frame_equal(data.run_query(db, data.ESTEP_RUNS_LISTED_SQL), data.run_query(db, data.ESTEP_RUNS_SQL))
     want = data.run_query(db, data.ESTEP_SAMPLES_SQL, (run_id, 50))
     assert data.hash_bound(int(n), 50) is not None and data.hash_bound(200, 50) is None
     pd.testing.assert_frame_equal(data.load_estep_samples(run_id, 50, int(n), query), want)
