@@ -11,7 +11,7 @@ For 1M and 10M rows, one run, one iteration:
 - disk: the Parquet files, the store with the view, and the store with today's copy of the rows
   (``INSERT INTO estep_samples SELECT ... FROM read_parquet``, as the ingester did before), whose
   copy is timed and queried the same way;
-- a store of 300 runs with one small E-step each: what the view's branch per run costs a query.
+- a store of 300 runs with one small E-step each: what many listed files cost a query.
 
 Targets: registering under 5 s whatever the row count; each query under 1 s at 10M rows.
 """
@@ -218,8 +218,8 @@ def measure(tmp: Path, n_rows: int, shards: int, repeat: int, copy: bool) -> dic
 
 
 def many_registrations(tmp: Path, n_runs: int, repeat: int) -> dict[str, Any]:
-    """A sweep's store: ``n_runs`` runs of one small E-step each. The view has a branch per run, each
-    planned on every query (the price of dropping the others before anything is read)."""
+    """A sweep's store: ``n_runs`` runs of one small E-step each (a file each in the view's list):
+    listing the runs, and one run's document (the other runs' files never opened)."""
     from dashboard import data
     from platform.ingest import ingest_runs
     from platform.store import query_df
@@ -277,6 +277,5 @@ def run(smoke: bool, sizes: tuple[int, ...] | None = None) -> dict[str, Any]:
              "copy: today's ingest, the rows copied into an estep_samples table (INSERT ... SELECT FROM read_parquet)",
              "reads_text: the view's plan (EXPLAIN) has a scan that reads `thought` or `chunk_text`: only the "
              "browser's document query should",
-             "many_registrations: a store of many runs with one small E-step each (a branch of the view per run): "
-             "every query plans every branch"]
+             "many_registrations: a store of many runs with one small E-step each (a file each in the view's list)"]
     return section("Results store at scale", tables, summary, notes)
