@@ -19,13 +19,14 @@ entries, the others move to ``estep_samples_legacy``, which the view reads too.
 
 Paths are stored relative to the results folder; the view names them in full. A reader that
 finds the folder moved defines the view afresh as a temporary view (:func:`reader_view`). A file
-deleted after it was registered makes the queries that read it fail, naming it, until the next
-ingest of its run forgets it.
+gone when the view is defined is left out of it; one deleted since makes the queries that open it
+fail, naming it, until the next write.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -160,17 +161,20 @@ def _parts(con: duckdb.DuckDBPyConnection, base: Path) -> list[tuple[int, str, l
 
 
 def refresh(con: duckdb.DuckDBPyConnection, results: str | Path) -> None:
-    """Number the listed files (a part per signature, a file_index within it, a run's files side by
-    side) and define the view over them; a comment on it records the results folder its paths
-    start with."""
+    """Number the listed files that exist (a part per signature, a file_index within it, a run's
+    files side by side; a file gone since it was listed gets none and stays out of the view until
+    its run's next ingest forgets it) and define the view over them; a comment on it records the
+    results folder its paths start with. One stat per listed file."""
+    base = Path(results).resolve()
+    listed = [path for (path,) in con.execute(f"SELECT DISTINCT path FROM {FILES}").fetchall()]
+    gone = [path for path in listed if not os.path.exists(_absolute(base, path))]
     con.execute(f"""
         UPDATE {FILES} SET part = n.part, file_index = n.file_index FROM (
-            SELECT rowid AS rid, dense_rank() OVER (ORDER BY columns) - 1 AS part,
-                   row_number() OVER (PARTITION BY columns ORDER BY run_id, iteration, shard, path, rowid) - 1
-                       AS file_index
-            FROM {FILES}) n
-        WHERE {FILES}.rowid = n.rid""")
-    base = Path(results).resolve()
+            SELECT rid, CASE WHEN NOT gone THEN dense_rank() OVER (PARTITION BY gone ORDER BY columns) - 1 END AS part,
+                   CASE WHEN NOT gone THEN row_number() OVER (
+                       PARTITION BY gone, columns ORDER BY run_id, iteration, shard, path, rid) - 1 END AS file_index
+            FROM (SELECT rowid AS rid, *, list_contains(?, path) AS gone FROM {FILES})) n
+        WHERE {FILES}.rowid = n.rid""", [gone])
     con.execute(view_sql(_parts(con, base)))
     con.execute(f"COMMENT ON VIEW {VIEW} IS {_quote(f'Parquet files under {base}')}")
 
@@ -213,18 +217,23 @@ def _view_base(con: duckdb.DuckDBPyConnection) -> Optional[str]:
 
 def reader_view(con: duckdb.DuckDBPyConnection, results: str | Path, want_paths: bool = False) -> list[str]:
     """On a read-only connection: define the view as a temporary one when the file has none (its
-    tables were made by hand) or the results folder is no longer where the last writer saw it
-    (moved, copied, mounted elsewhere). Returns the full paths of the listed files when
-    ``want_paths`` (a sandbox allows exactly those)."""
+    tables were made by hand) or the results folder is no longer where the last writer saw it and
+    its files came along (moved, mounted elsewhere; a copy of platform.duckdb alone still reads the
+    files where they were). Returns the full paths the view reads when ``want_paths`` (a sandbox
+    allows exactly those)."""
     if _kind(con, FILES) != "BASE TABLE" or _kind(con, VIEW) == "BASE TABLE":
         return []  # not written since the upgrade: its table, if any, is read as is
-    base = Path(results).resolve()
-    moved = _view_base(con) != str(base)  # also when there is no view
-    if not moved and not want_paths:
+    base, written = Path(results).resolve(), _view_base(con)
+    if written == str(base) and not want_paths:
         return []
     parts = _parts(con, base)
-    if moved:
-        con.execute(view_sql(parts, temp=True))
+    if written is None or (written != str(base) and (not parts or os.path.exists(parts[0][2][0]))):
+        try:
+            con.execute(view_sql(parts, temp=True))
+        except duckdb.Error:
+            pass  # a listed file gone since the last write: the file's own view, if any, stays
+    elif written != str(base):
+        parts = _parts(con, Path(written))
     return sorted({path for _, _, paths in parts for path in paths})
 
 

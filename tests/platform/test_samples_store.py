@@ -243,3 +243,28 @@ def test_a_query_for_one_run_opens_only_that_runs_files(tmp_path):
             pytest.skip("this DuckDB's profile does not count the files a scan read")
         assert read in ([4], [5])  # b's 4 files (and the list's first, opened for its schema); a's stay shut
         assert _files_read(con, "select sum(log_w) from estep_samples", []) == [8]
+
+
+def test_a_copy_of_the_database_alone_reads_the_files_where_they_are(tmp_path):
+    res = tmp_path / "r"
+    run_folder(res, "a", [(1, estep_stage(res, "k1", 3))])
+    ingest_runs(res)
+    elsewhere = tmp_path / "copy"
+    elsewhere.mkdir()
+    shutil.copy(db_path(res), db_path(elsewhere))
+    assert counts(elsewhere) == [("a", 1, 6)]
+
+
+def test_a_listed_file_deleted_later_drops_out_of_the_view_at_the_next_write(tmp_path):
+    res = tmp_path / "r"
+    k1, k2 = estep_stage(res, "k1", 3), estep_stage(res, "k2", 2)
+    run_folder(res, "a", [(1, k1)])
+    run_folder(res, "b", [(1, k2)])
+    ingest_runs(res)
+    (k1 / samples.FILE_NAME).unlink()  # the first file of the view's list
+    run_folder(res, "c", [(1, k2)])
+    ingest_runs(res, ["c"])  # another run's ingest still writes, and the view skips a's file
+    assert counts(res) == [("b", 1, 4), ("c", 1, 4)]
+    assert query_rows(res, "select run_id, part from estep_files where run_id = 'a'") == [("a", None)]
+    ingest_runs(res, ["a"])  # a's own re-ingest forgets it
+    assert query_rows(res, "select count(*) from estep_files where run_id = 'a'") == [(0,)]
