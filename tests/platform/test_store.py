@@ -101,3 +101,40 @@ def test_a_store_and_runs_from_before_chunk_text_are_upgraded(tmp_path):
     shards = query_rows(res, "select shard, job_id, wall_s, flops from shards order by shard")
     assert rows == [("new", None, None), ("old", None, None)]
     assert shards == [(0, "7_0", 1.5, 100.0), (1, "7_1", 2.5, 100.0)]
+
+
+def test_reuse_counts_land_in_stages_and_shards_of_a_store_upgraded_in_place(tmp_path):
+    """The E-step's generated/reused counts (the sample store) get columns in ``stages`` and
+    ``shards``; a store whose tables predate them gains them, its old rows NULL there."""
+    from platform.stage import MARKER
+
+    res = tmp_path / "r"
+    res.mkdir()
+    con = duckdb.connect(str(db_path(res)))
+    con.execute("CREATE TABLE stages (run_id VARCHAR, stage VARCHAR, iteration INTEGER, cache_key VARCHAR, "
+                "job_id VARCHAR, status VARCHAR, cached BOOLEAN, started_at TIMESTAMP, ended_at TIMESTAMP, "
+                "wall_s DOUBLE, tokens_in BIGINT, tokens_out BIGINT, flops DOUBLE, gpu_hours DOUBLE, artifact_dir VARCHAR)")
+    con.execute("CREATE TABLE shards (run_id VARCHAR, stage VARCHAR, iteration INTEGER, cache_key VARCHAR, "
+                "shard INTEGER, job_id VARCHAR, host VARCHAR, started_at TIMESTAMP, ended_at TIMESTAMP, wall_s DOUBLE, "
+                "tokens_in BIGINT, tokens_out BIGINT, flops DOUBLE)")
+    con.execute("INSERT INTO stages (run_id, stage, cache_key, flops) VALUES ('old', 'estep', 'k0', 1.0)")
+    con.close()
+    counts = {"tokens_in": 10, "tokens_out": 8, "flops": 100.0, "tokens_generated": 3, "tokens_reused": 5,
+              "samples_drawn": 1, "samples_reused": 2, "flops_computed": 40.0}
+    art = res / "artifacts" / "estep" / "k1"
+    for i in range(2):
+        shard = art / "shards" / f"{i:05d}-of-00002"
+        shard.mkdir(parents=True)
+        (shard / MARKER).write_text(json.dumps({"shard_index": i, "summary": counts if i else {"tokens_out": 4}}))
+    (art / MARKER).write_text(json.dumps({"summary": counts}))
+    run = res / "runs" / "new"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"run_id": "new", "kind": "bootstrap", "status": "completed"}))
+    (run / "stages.jsonl").write_text(json.dumps({"key": "k1", "stage": "estep", "iteration": 1, "status": "completed",
+                                                   "artifact_dir": str(art)}) + "\n")
+    ingest_runs(res)
+    cols = "tokens_out, tokens_generated, tokens_reused, samples_drawn, samples_reused, flops, flops_computed"
+    assert query_rows(res, f"select run_id, {cols} from stages order by run_id") == [
+        ("new", 8, 3, 5, 1, 2, 100.0, 40.0), ("old", None, None, None, None, None, 1.0, None)]
+    assert query_rows(res, f"select shard, {cols} from shards order by shard") == [
+        (0, 4, None, None, None, None, None, None), (1, 8, 3, 5, 1, 2, 100.0, 40.0)]
