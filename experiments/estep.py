@@ -108,6 +108,12 @@ def infer_thoughts(
     else:
         keys = [chunk_key(c.prompt, c.pieces[:2] + c.pieces[3:] + (c.prefix,)) for c in chunks]
         got, new = store.bucket(draw, keys).fill(keys, num_samples, max_thought_tokens, compute)
+    return _select(chunks, got, num_samples, seed, iteration, thoughts), thoughts, _counts(chunks, got, new)
+
+
+def _select(chunks: list["_Chunk"], got: dict[Slot, StoredSample], num_samples: int, seed: int, iteration: int,
+            thoughts: dict[str, list[Optional[str]]]) -> list[dict[str, Any]]:
+    """Weigh each chunk's K samples, resample one into ``thoughts``; the sample rows."""
     rows: list[dict[str, Any]] = []
     for i, c in enumerate(chunks):
         outs = [got[(i, k)] for k in range(num_samples)]
@@ -116,7 +122,7 @@ def infer_thoughts(
         pick = resample(lw, np.random.default_rng(stable_seed(seed, iteration, c.doc_id, c.chunk_id)))
         thoughts[c.doc_id][c.chunk_id] = outs[pick].text
         rows += [_sample_row(c, k, s, float(lp[k]), float(lw[k]), k == pick) for k, s in enumerate(outs)]
-    return rows, thoughts, _counts(chunks, got, new)
+    return rows
 
 
 COUNT_KEYS = ("tokens_in", "tokens_out", "num_chunks", "tokens_in_computed", "tokens_generated", "tokens_reused",
