@@ -112,7 +112,7 @@ def dry_run(composed: Composed) -> None:
         plan = app.build_plan(spec.cfg)
         print(f"trial {i}: run {run_id_for(spec)} params={params}")
         print(describe(plan, results))
-    for label, spec in reference_specs(composed, cfg.sweep.study_name or cfg.experiment.name, tuple(app.RULES)):
+    for label, spec in reference_specs(composed, cfg.sweep.study_name or cfg.experiment.name, app.rules):
         print(f"reference {label}: run {run_id_for(spec)}")
         print(describe(app.build_plan(spec.cfg), results))
 
@@ -121,7 +121,8 @@ def run_sweep(composed: Composed) -> optuna.Study:
     cfg = composed.cfg
     results = Path(cfg.paths.results)
     name = cfg.sweep.study_name or cfg.experiment.name
-    references = reference_specs(composed, name, tuple(load_app().RULES))  # a bad entry stops us here
+    app = load_app()
+    references = reference_specs(composed, name, app.rules)  # a bad entry stops us here
     study = open_study(cfg.sweep, results, name)
     study.set_user_attr("experiment", cfg.experiment.name)
     storage_label = cfg.sweep.storage or str(results / "optuna" / f"{name}.journal")
@@ -134,7 +135,8 @@ def run_sweep(composed: Composed) -> optuna.Study:
             ingest_runs(results, [run_id])
 
     progress = Progress()
-    orch = Orchestrator(to_dict(cfg.launcher), results, progress, ingest)
+    orch = Orchestrator(to_dict(cfg.launcher), results, progress, ingest,
+                        compute_buckets=app.compute_buckets, total_buckets=app.total_buckets)
     objectives = [o.metric for o in cfg.sweep.objectives]
     single = len(objectives) == 1
 

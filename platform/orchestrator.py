@@ -11,7 +11,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from platform.failures import known_error
 from platform.plan import Plan
@@ -84,12 +84,21 @@ def read_stage_metrics(stage: Stage, results: Path) -> dict[str, float]:
 
 
 class Orchestrator:
+    """Runs plans through the launcher ``launcher_cfg`` names.
+
+    ``compute_buckets``: stage name -> the run total its FLOPs add to; ``total_buckets``: the
+    totals summed into ``total_flops`` (both from the app, ``platform.app.App``).
+    """
+
     def __init__(self, launcher_cfg: dict[str, Any], results: Path, progress: Optional[Progress] = None,
-                 ingest: Optional[Callable[[str], None]] = None):
+                 ingest: Optional[Callable[[str], None]] = None,
+                 compute_buckets: Optional[Mapping[str, str]] = None, total_buckets: Sequence[str] = ()):
         self.launcher_cfg = launcher_cfg
         self.results = Path(results)
         self.progress = progress or Progress()
         self.ingest = ingest or (lambda run_id: None)
+        self.compute_buckets = dict(compute_buckets or {})
+        self.total_buckets = tuple(total_buckets)
         self.active_jobs: dict[str, list[Any]] = {}
 
     def _gpus(self, stage: Stage) -> int:
@@ -171,14 +180,14 @@ class Orchestrator:
     def execute(self, plan: Plan, run: RunDir, report: Optional[ReportFn] = None) -> dict[str, float]:
         """Run every stage of ``plan`` in order; returns the run's final metrics and compute totals."""
         reports = {s.key for s in plan.reports}
-        totals: dict[str, float] = {"estep_flops": 0.0, "train_flops": 0.0, "eval_flops": 0.0, "wall_s": 0.0}
+        totals: dict[str, float] = {b: 0.0 for b in (*self.compute_buckets.values(), *self.total_buckets)}
+        totals["wall_s"] = 0.0
         final: dict[str, float] = {}
         try:
             for stage in plan.stages:
                 record = self.run_stage(stage, run)
                 summary = record.get("summary", {})
-                bucket = {"estep": "estep_flops", "mstep": "train_flops", "warm_start": "train_flops",
-                          "eval": "eval_flops"}.get(stage.name)
+                bucket = self.compute_buckets.get(stage.name)
                 if bucket:
                     totals[bucket] += float(summary.get("flops") or 0.0)
                 totals["wall_s"] += float(record.get("wall_s") or 0.0)
@@ -189,7 +198,7 @@ class Orchestrator:
                         report(stage, final, stage is plan.reports[-1])
         finally:
             self.progress.set(run.run_id, None)
-        totals["total_flops"] = totals["estep_flops"] + totals["train_flops"]
+        totals["total_flops"] = sum((totals[b] for b in self.total_buckets), 0.0)
         return {**final, **totals}
 
     def cancel(self, run_id: str) -> None:
