@@ -1,8 +1,10 @@
 """Walk a trial's plan: submit each unfinished stage through the launcher, wait, record, ingest.
 
-Only this module submits jobs. Stages shared between concurrent trials (data preparation, warm
-start) are guarded by an in-process lock per cache key, so the second trial waits for the first
-and then reuses its output instead of computing it twice.
+Only this module submits jobs, through the one interface of ``launchers``: the ``Launcher`` that
+``build_launcher`` makes of the launcher config (submit, wait, cancel, reattach). Stages shared
+between concurrent trials (data preparation, warm start) are guarded by an in-process lock per
+cache key, so the second trial waits for the first and then reuses its output instead of
+computing it twice.
 """
 
 from __future__ import annotations
@@ -65,12 +67,6 @@ def _key_lock(key: str) -> threading.Lock:
         return _KEY_LOCKS.setdefault(key, threading.Lock())
 
 
-def _lost_job(exc: Exception) -> bool:
-    text = str(exc)
-    return "Traceback (most recent call last)" not in text and (
-        "has not produced any output" in text or "_log.out" in text or "_log.err" in text)
-
-
 def read_stage_metrics(stage: Stage, results: Path) -> dict[str, float]:
     """The last value of each metric a stage wrote."""
     path = stage.out_dir(results) / "metrics.jsonl"
@@ -84,7 +80,7 @@ def read_stage_metrics(stage: Stage, results: Path) -> dict[str, float]:
 
 
 class Orchestrator:
-    """Runs plans through the launcher ``launcher_cfg`` names.
+    """Runs plans through the launcher ``launcher_cfg`` names (``launchers.build_launcher``).
 
     ``compute_buckets``: stage name -> the run total its FLOPs add to; ``total_buckets``: the
     totals summed into ``total_flops`` (both from the app, ``platform.app.App``).
@@ -93,7 +89,10 @@ class Orchestrator:
     def __init__(self, launcher_cfg: dict[str, Any], results: Path, progress: Optional[Progress] = None,
                  ingest: Optional[Callable[[str], None]] = None,
                  compute_buckets: Optional[Mapping[str, str]] = None, total_buckets: Sequence[str] = ()):
+        from launchers import build_launcher
+
         self.launcher_cfg = launcher_cfg
+        self.launcher = build_launcher(launcher_cfg)
         self.results = Path(results)
         self.progress = progress or Progress()
         self.ingest = ingest or (lambda run_id: None)
@@ -106,24 +105,16 @@ class Orchestrator:
         return int(profile.get("gpus_per_task", 0)) * int(profile.get("tasks_per_node", 1)) * int(profile.get("nodes", 1))
 
     def _reattach(self, stage: Stage, run: RunDir, part: str) -> list[Any]:
-        """Jobs an earlier driver submitted for this stage that SLURM still queues or runs."""
-        import launchers
-
-        if self.launcher_cfg.get("name") != "slurm":
-            return []  # local and debug jobs die with the driver that started them
+        """Jobs an earlier driver submitted for this stage that still queue or run, if the launcher's
+        jobs can outlive their driver (``Launcher.reattach``)."""
         entries = [e for e in run.read_ledger() if e.get("key") == stage.key and e.get("part") == part]
         if not entries or entries[-1].get("status") != "submitted" or not entries[-1].get("job_id"):
             return []
         last = entries[-1]
-        jobs = launchers.attach_jobs(self.launcher_cfg, Path(last["log_dir"]), last["job_id"].split(","))
-        alive = [j for j in jobs if launchers.job_state(j) in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING",
-                                                                "COMPLETING", "RESIZING", "SUSPENDED")]
-        return jobs if alive else []
+        return self.launcher.reattach(Path(last["log_dir"]), last["job_id"].split(","))
 
     def _submit_and_wait(self, stage: Stage, run: RunDir, shard_indices: Optional[list[int]] = None,
                          retries_left: int = 1) -> list[str]:
-        import launchers
-
         part = "shards" if shard_indices is not None else "main"
         log_dir = run.logs / stage.display.replace("[", "_").replace("]", "")
         jobs = self._reattach(stage, run, part)
@@ -131,16 +122,16 @@ class Orchestrator:
             print(f"[orchestrator] {run.run_id}: reattached to {stage.display} jobs "
                   f"{', '.join(str(j.job_id) for j in jobs)} submitted by an earlier driver", flush=True)
         else:
-            jobs = launchers.submit_stage(stage, self.results, self.launcher_cfg, log_dir, shard_indices=shard_indices)
+            jobs = self.launcher.submit(stage, self.results, log_dir, shard_indices=shard_indices)
         job_ids = [str(j.job_id) for j in jobs]
         run.ledger({"stage": stage.name, "iteration": stage.iteration, "key": stage.key, "status": "submitted",
                     "part": part, "job_id": ",".join(job_ids), "log_dir": str(log_dir),
                     "artifact_dir": str(stage.out_dir(self.results))})
         self.active_jobs[run.run_id] = jobs
         try:
-            launchers.wait_jobs(jobs, poll_s=float(self.launcher_cfg.get("poll_interval_s", 0.2)))
-        except launchers.StageJobError as exc:
-            if retries_left > 0 and _lost_job(exc):
+            self.launcher.wait(jobs)
+        except self.launcher.JobFailed as exc:
+            if retries_left > 0 and exc.lost:
                 # the job died without a result or a traceback (seen under heavy load): stages are
                 # idempotent, so run it again; a stage that raised is not retried
                 print(f"[orchestrator] {run.run_id}: {stage.display} job {exc.job_id} lost ({exc.state}); retrying",
@@ -202,9 +193,6 @@ class Orchestrator:
         return {**final, **totals}
 
     def cancel(self, run_id: str) -> None:
-        import launchers
-
         jobs = self.active_jobs.get(run_id)
         if jobs:
-            launchers.cancel_jobs(jobs)
-
+            self.launcher.cancel(jobs)
