@@ -67,6 +67,27 @@ def _key_lock(key: str) -> threading.Lock:
         return _KEY_LOCKS.setdefault(key, threading.Lock())
 
 
+def _completed_keys(ledger: list[dict[str, Any]]) -> dict[tuple[Any, Any], list[str]]:
+    """(stage name, iteration) -> the cache keys a run's ledger records it completed with, oldest first."""
+    out: dict[tuple[Any, Any], list[str]] = {}
+    for entry in ledger:
+        if entry.get("status") == "completed" and entry.get("key"):
+            out.setdefault((entry.get("stage"), entry.get("iteration")), []).append(entry["key"])
+    return out
+
+
+def _replaced_key(stage: Stage, completed: dict[tuple[Any, Any], list[str]], plan_keys: set[str]) -> Optional[str]:
+    """The key this run last completed ``stage`` (its name and iteration) with, when that key is no
+    longer the stage's: None if the run never completed it, or did with today's key (its output is
+    merely gone). Keys of the plan's other stages do not count: a plan may hold two stages of one
+    name and iteration (a raw baseline's own M-step and the one it matches)."""
+    keys = completed.get((stage.name, stage.iteration), [])
+    if stage.key in keys:
+        return None
+    stale = [k for k in keys if k not in plan_keys]
+    return stale[-1] if stale else None
+
+
 def read_stage_metrics(stage: Stage, results: Path) -> dict[str, float]:
     """The last value of each metric a stage wrote."""
     path = stage.out_dir(results) / "metrics.jsonl"
@@ -143,7 +164,9 @@ class Orchestrator:
             self.active_jobs.pop(run.run_id, None)
         return job_ids
 
-    def run_stage(self, stage: Stage, run: RunDir) -> dict[str, Any]:
+    def run_stage(self, stage: Stage, run: RunDir, replaced_key: Optional[str] = None) -> dict[str, Any]:
+        """Run ``stage`` unless its output is cached; ``replaced_key``: the key this run last
+        completed it with, if that is not its key any more (said aloud when it recomputes)."""
         job_ids: list[str] = []
         lock = _key_lock(stage.key)
         if lock.locked():
@@ -151,6 +174,9 @@ class Orchestrator:
         with lock:
             cached = stage.is_complete(self.results)
             if not cached:
+                if replaced_key:
+                    print(f"[orchestrator] {run.run_id}: {stage.display}: its cache key changed since this run "
+                          f"last completed it (was {replaced_key}, now {stage.key}); recomputing", flush=True)
                 self.progress.set(run.run_id, stage.display)
                 if stage.num_shards > 1:
                     todo = [i for i in range(stage.num_shards)
@@ -171,12 +197,14 @@ class Orchestrator:
     def execute(self, plan: Plan, run: RunDir, report: Optional[ReportFn] = None) -> dict[str, float]:
         """Run every stage of ``plan`` in order; returns the run's final metrics and compute totals."""
         reports = {s.key for s in plan.reports}
+        plan_keys = {s.key for s in plan.stages}
+        completed = _completed_keys(run.read_ledger())
         totals: dict[str, float] = {b: 0.0 for b in (*self.compute_buckets.values(), *self.total_buckets)}
         totals["wall_s"] = 0.0
         final: dict[str, float] = {}
         try:
             for stage in plan.stages:
-                record = self.run_stage(stage, run)
+                record = self.run_stage(stage, run, _replaced_key(stage, completed, plan_keys))
                 summary = record.get("summary", {})
                 bucket = self.compute_buckets.get(stage.name)
                 if bucket:
