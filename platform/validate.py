@@ -93,10 +93,16 @@ Rule = Callable[[DictConfig], list[str]]
 
 
 def validate(cfg: DictConfig, schema: type, rules: tuple[Rule, ...] = ()) -> Any:
-    """Return ``cfg`` as a typed ``schema`` instance, or raise one ConfigError listing every problem."""
+    """Return ``cfg`` as a typed ``schema`` instance, or raise one ConfigError listing every problem.
+
+    Once the schema holds, the platform's rules of its own sections (``platform.rules``) run, then
+    ``rules``, the app's."""
+    from platform.rules import check_platform_sections
+
     problems: list[str] = []
     _check_dataclass("", cfg, schema, problems)
     if not problems:
+        problems.extend(check_platform_sections(cfg, schema))
         for rule in rules:
             problems.extend(rule(cfg))
     if problems:

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
+from platform.app import App
 from platform.compose import to_dict
 from platform.config import LauncherConfig, PathsConfig, SweepConfig
 from platform.plan import Plan, toposort
@@ -58,11 +59,8 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="config_schema", node=Config)
 
 
-def schema_instance() -> Config:
-    return Config()
-
-
-RULES = [lambda cfg: in_range(cfg, "sweep.n_trials", 1) + in_range(cfg, "work.x", 0.0, 1.0)]
+def _work(cfg: Any) -> list[str]:
+    return in_range(cfg, "work.x", 0.0, 1.0)
 
 
 def _log(ctx: Any, what: str) -> None:
@@ -145,3 +143,14 @@ def build_plan(cfg: Any) -> Plan:
         ev = Stage(pre + "eval", "tests.platform.toyapp.app:score", {"x": w["x"]}, {"model": model}, iteration=it)
         reports.append(ev)
     return Plan("toy", toposort(reports), reports)
+
+
+APP = App(
+    name="toy",
+    schema=Config,
+    register_configs=register_configs,
+    build_plan=build_plan,
+    rules=(_work,),
+    compute_buckets={"estep": "estep_flops", "mstep": "train_flops", "eval": "eval_flops"},
+    total_buckets=("estep_flops", "train_flops"),
+)
