@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.config import Config, register_configs
 from experiments.graphs import build_plan
 from platform.app import App
-from platform.validate import in_range, one_of
+from platform.checks import in_range, one_of
 
 
 def _ranges(cfg: DictConfig) -> list[str]:

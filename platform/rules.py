@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from platform.validate import in_range, one_of
+from platform.checks import in_range, one_of, schema_field
 
 _MISSING = "__missing__"
 
@@ -37,7 +37,6 @@ def _choices(cfg: DictConfig) -> list[str]:
 def _space(cfg: DictConfig, schema: type) -> list[str]:
     """Each search-space entry is a well-formed dimension and names a field of the config: one the
     composed config holds, or one of the schema's (a field no YAML sets still has its default)."""
-    from platform.compose import _field_type
     from platform.config import ParamSpec
     from platform.study import check_space
 
@@ -45,7 +44,7 @@ def _space(cfg: DictConfig, schema: type) -> list[str]:
     space = {k: ParamSpec(**OmegaConf.to_container(v)) for k, v in entries.items()}
     problems = check_space(space)
     for name in space:
-        if OmegaConf.select(cfg, name, default=_MISSING) == _MISSING and not _field_type(schema, name)[0]:
+        if OmegaConf.select(cfg, name, default=_MISSING) == _MISSING and not schema_field(schema, name)[0]:
             problems.append(f"sweep.search_space.{name}: names no config field")
     return problems
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+
 
 
 class ConfigError(ValueError):
@@ -109,21 +111,3 @@ def validate(cfg: DictConfig, schema: type, rules: tuple[Rule, ...] = ()) -> Any
         raise ConfigError(problems)
     typed = OmegaConf.merge(OmegaConf.structured(schema), cfg)
     return OmegaConf.to_object(typed)
-
-
-def in_range(cfg: DictConfig, path: str, low: Optional[float] = None, high: Optional[float] = None) -> list[str]:
-    value = OmegaConf.select(cfg, path)
-    if value is None:
-        return []
-    if (low is not None and value < low) or (high is not None and value > high):
-        lo = "-inf" if low is None else low
-        hi = "inf" if high is None else high
-        return [f"{path}: must be in [{lo}, {hi}], got {value!r}"]
-    return []
-
-
-def one_of(cfg: DictConfig, path: str, allowed: tuple[str, ...]) -> list[str]:
-    value = OmegaConf.select(cfg, path)
-    if value is not None and value not in allowed:
-        return [f"{path}: must be one of {', '.join(allowed)}; got {value!r}"]
-    return []

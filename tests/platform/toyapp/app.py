@@ -20,7 +20,7 @@ from platform.compose import to_dict
 from platform.config import LauncherConfig, PathsConfig, SweepConfig
 from platform.plan import Plan, toposort
 from platform.stage import Stage
-from platform.validate import in_range
+from platform.checks import in_range
 
 
 @dataclass
