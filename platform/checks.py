@@ -42,3 +42,10 @@ def schema_field(schema: type, dotted: str) -> tuple[bool, str]:
         if typing.get_origin(cls) is typing.Union:
             cls = next(a for a in typing.get_args(cls) if a is not type(None))
     return True, ""
+
+
+def check_table(cfg: DictConfig, ranges: dict[str, tuple[Optional[float], Optional[float]]],
+                choices: dict[str, tuple[str, ...]]) -> list[str]:
+    """Every ``ranges`` field in its [low, high] and every ``choices`` field one of its values."""
+    problems = [p for path, (low, high) in ranges.items() for p in in_range(cfg, path, low, high)]
+    return problems + [p for path, allowed in choices.items() for p in one_of(cfg, path, allowed)]

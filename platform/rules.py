@@ -10,25 +10,19 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from platform.checks import in_range, one_of, schema_field
+from platform.checks import check_table, one_of, schema_field
 
 _MISSING = "__missing__"
 
 
-def _ranges(cfg: DictConfig) -> list[str]:
-    p: list[str] = []
-    p += in_range(cfg, "sweep.n_trials", 1)
-    p += in_range(cfg, "sweep.parallel", 1)
-    p += in_range(cfg, "launcher.max_parallel_jobs", 1)
-    p += in_range(cfg, "launcher.max_num_timeout", 0)
-    return p
+RANGES = {"sweep.n_trials": (1, None), "sweep.parallel": (1, None), "launcher.max_parallel_jobs": (1, None),
+          "launcher.max_num_timeout": (0, None)}
+CHOICES = {"launcher.name": ("debug", "local", "slurm"), "sweep.sampler": ("tpe", "random", "grid", "nsga2"),
+           "sweep.pruner": ("median", "none")}
 
 
-def _choices(cfg: DictConfig) -> list[str]:
-    p: list[str] = []
-    p += one_of(cfg, "launcher.name", ("debug", "local", "slurm"))
-    p += one_of(cfg, "sweep.sampler", ("tpe", "random", "grid", "nsga2"))
-    p += one_of(cfg, "sweep.pruner", ("median", "none"))
+def _table(cfg: DictConfig) -> list[str]:
+    p = check_table(cfg, RANGES, CHOICES)
     for i, _ in enumerate(OmegaConf.select(cfg, "sweep.objectives") or []):
         p += one_of(cfg, f"sweep.objectives.{i}.direction", ("maximize", "minimize"))
     return p
@@ -51,4 +45,4 @@ def _space(cfg: DictConfig, schema: type) -> list[str]:
 
 def check_platform_sections(cfg: DictConfig, schema: type) -> list[str]:
     """Every problem of the platform's own sections of ``cfg`` (a composed config of ``schema``)."""
-    return [*_ranges(cfg), *_choices(cfg), *_space(cfg, schema)]
+    return [*_table(cfg), *_space(cfg, schema)]
