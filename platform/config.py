@@ -41,7 +41,10 @@ class SweepConfig:
     parallel: int = 2
     sampler: str = "tpe"  # tpe | random | grid | nsga2
     pruner: str = "median"  # median | none
-    seed: int = 0
+    seed: int = 0  # the Optuna sampler's
+    # replicate seeds: each trial runs its params once per seed (the run's `seed`); its value is the
+    # mean over them, the standard error a user attribute beside it (platform/replicates.py). [] = one run
+    seeds: list[int] = field(default_factory=list)
     objectives: list[ObjectiveSpec] = field(default_factory=lambda: [ObjectiveSpec()])
     # Optuna params land at these dotted config paths, e.g. "estep.num_samples".
     search_space: dict[str, ParamSpec] = field(default_factory=dict)

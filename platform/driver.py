@@ -33,6 +33,7 @@ from platform.live import LiveView
 from platform.orchestrator import Orchestrator, Progress, ReportFn
 from platform.plan import describe
 from platform.references import reference_specs
+from platform.replicates import SeedReports, aggregate
 from platform.rundir import RunDir
 from platform.study import build_sampler, name_metrics, open_study, suggest
 from platform.trial import apply_params, run_id_for, run_trial
@@ -185,21 +186,27 @@ def _note_duplicate(study: optuna.Study, trial: optuna.Trial, run_id: str) -> No
 
 
 def _one_trial(sweep: _Sweep, trial: optuna.Trial, params: dict[str, Any]) -> None:
-    """Run one trial's experiment and tell Optuna its outcome; a failed trial does not raise."""
+    """Run one trial's experiment (once per seed of ``sweep.seeds``) and tell Optuna its outcome;
+    a failed trial does not raise."""
     started = time.time()
+    seeds = list(sweep.cfg.sweep.seeds or [])
     composed = sweep.composed
-    spec = apply_params(composed.raw, params, composed.overrides, study=sweep.name, trial=trial.number)
-    run_id = run_id_for(spec)
-    trial.set_user_attr("run_id", run_id)
-    _note_duplicate(sweep.study, trial, run_id)
+    specs = {s: apply_params(composed.raw, {**params, **({"seed": s} if s is not None else {})}, composed.overrides,
+                             study=sweep.name, trial=trial.number) for s in (seeds or [None])}
+    run_ids = [run_id_for(spec) for spec in specs.values()]
+    trial.set_user_attr("run_id", run_ids[0])
+    if seeds:
+        trial.set_user_attr("seeds", seeds)
+        trial.set_user_attr("run_ids", run_ids)
+    _note_duplicate(sweep.study, trial, run_ids[0])
 
     def finish(values: Any = None, state: Any = None) -> None:
-        trial.set_user_attr("cache_hit", _all_cached(sweep.results, run_id, started))
+        trial.set_user_attr("cache_hit", all(_all_cached(sweep.results, r, started) for r in run_ids))
         _tell(sweep.study, trial, values, state=state)
 
     objectives = sweep.objectives
     try:
-        _, metrics = run_trial(spec, sweep.orch, _pruning_report(trial, objectives))
+        per_seed = _run_seeds(sweep, trial, specs)
     except optuna.TrialPruned:
         finish(state=TrialState.PRUNED)
     except Exception as exc:  # noqa: BLE001 - a failed trial must not stop the sweep
@@ -207,13 +214,33 @@ def _one_trial(sweep: _Sweep, trial: optuna.Trial, params: dict[str, Any]) -> No
         finish(state=TrialState.FAIL)
         print(f"[sweep] trial {trial.number} failed: {exc}", file=sys.stderr)
     else:
-        missing = [m for m in objectives if m not in metrics]
+        missing = sorted({m for metrics in per_seed.values() for m in objectives if m not in metrics})
         if missing:
-            trial.set_user_attr("error", f"objective metric(s) {missing} not produced; got {sorted(metrics)}")
+            got = sorted(next(iter(per_seed.values())))
+            trial.set_user_attr("error", f"objective metric(s) {missing} not produced; got {got}")
             finish(state=TrialState.FAIL)
         else:
-            finish([metrics[m] for m in objectives])
+            result = aggregate(objectives, per_seed)
+            for key, value in (result["user_attrs"].items() if seeds else ()):
+                trial.set_user_attr(key, value)
+            finish(result["values"])
     sweep.ingest_study()
+
+
+def _run_seeds(sweep: _Sweep, trial: optuna.Trial, specs: dict[Optional[int], Any]) -> dict[Any, dict[str, float]]:
+    """Each seed's run side by side; the trial is pruned (every seed stops) on the mean over seeds."""
+    if list(specs) == [None]:
+        return {None: run_trial(specs[None], sweep.orch, _pruning_report(trial, sweep.objectives))[1]}
+    reports = SeedReports(trial, sweep.objectives, list(specs))
+    with ThreadPoolExecutor(max_workers=len(specs)) as pool:
+        futures = {s: pool.submit(run_trial, spec, sweep.orch, reports.for_seed(s)) for s, spec in specs.items()}
+        wait(list(futures.values()))
+    errors = [f.exception() for f in futures.values() if f.exception() is not None]
+    if any(isinstance(e, optuna.TrialPruned) for e in errors):
+        raise optuna.TrialPruned(f"pruned after iteration {reports.pruned_at} (mean over seeds {list(specs)})")
+    if errors:
+        raise errors[0]
+    return {s: f.result()[1] for s, f in futures.items()}
 
 
 def _target(study: optuna.Study, cfg: Any) -> int:

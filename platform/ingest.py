@@ -154,6 +154,13 @@ def ingest_runs(results: str | Path, run_ids: Optional[Iterable[str]] = None) ->
         return sum(_ingest_run(con, p) for p in paths)
 
 
+def _values_se(trial: Any, metric_names: Optional[list[str]]) -> Optional[list[Optional[float]]]:
+    """The standard error of each objective over a trial's replicate seeds (sweep.seeds), else None."""
+    if not trial.user_attrs.get("seeds") or not metric_names:
+        return None
+    return [trial.user_attrs.get(f"{name}_se") for name in metric_names]
+
+
 def ingest_study(results: str | Path, study: Any, experiment: str, storage_label: str) -> None:
     """Mirror an Optuna study's trials (state, params, values, run id, error) into DuckDB."""
     trials = study.get_trials(deepcopy=False)
@@ -171,6 +178,8 @@ def ingest_study(results: str | Path, study: Any, experiment: str, storage_label
                 '"values"': t.values, "run_id": t.user_attrs.get("run_id"), "error": t.user_attrs.get("error"),
                 "started_at": t.datetime_start, "ended_at": t.datetime_complete,
                 "duplicate_of": t.user_attrs.get("duplicate_of"), "cache_hit": t.user_attrs.get("cache_hit"),
+                "seeds": t.user_attrs.get("seeds"), "run_ids": t.user_attrs.get("run_ids"),
+                "values_se": _values_se(t, study.metric_names),
             })
 
 

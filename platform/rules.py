@@ -23,6 +23,9 @@ CHOICES = {"launcher.name": ("debug", "local", "slurm"), "sweep.sampler": ("tpe"
 
 def _table(cfg: DictConfig) -> list[str]:
     p = check_table(cfg, RANGES, CHOICES)
+    if OmegaConf.select(cfg, "sweep.seeds") and "seed" in (OmegaConf.select(cfg, "sweep.search_space") or {}):
+        p.append("sweep.seeds: replicate seeds set the run seed of every trial, so sweep.search_space.seed cannot "
+                 "also draw it; drop one of them")
     for i, _ in enumerate(OmegaConf.select(cfg, "sweep.objectives") or []):
         p += one_of(cfg, f"sweep.objectives.{i}.direction", ("maximize", "minimize"))
     return p
