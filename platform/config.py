@@ -34,6 +34,16 @@ class ObjectiveSpec:
 
 
 @dataclass
+class BudgetConfig:
+    """Caps on what a sweep computes (platform/budget.py); None: no cap."""
+
+    flops: Optional[float] = None
+    gpu_hours: Optional[float] = None
+    wall_clock_h: Optional[float] = None
+    on_cap: str = "finish"  # finish: running trials finish | stop: they stop at their next stage, jobs cancelled
+
+
+@dataclass
 class SweepConfig:
     study_name: Optional[str] = None  # default: the experiment's name
     storage: Optional[str] = None  # Optuna storage URL; default: journal file under paths.results
@@ -51,6 +61,7 @@ class SweepConfig:
     # runs the trials are compared with, each an override list (platform/references.py)
     references: list[list[str]] = field(default_factory=list)
     live_interval_s: float = 5.0
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
 
 @dataclass

@@ -19,7 +19,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,10 +27,11 @@ import optuna
 from optuna.trial import TrialState
 
 from platform.app import App, load_app
+from platform.budget import STOP_ATTR, SPEND_ATTR, Spend, exceeded, stage_gpu_hours
 from platform.compose import Composed, to_dict
 from platform.ingest import ingest_runs, ingest_study
 from platform.live import LiveView
-from platform.orchestrator import Orchestrator, Progress, ReportFn
+from platform.orchestrator import Orchestrator, Progress, ReportFn, SweepStopped
 from platform.plan import describe
 from platform.references import reference_specs
 from platform.replicates import SeedReports, aggregate
@@ -129,6 +130,7 @@ class _Sweep:
     results: Path
     storage_label: str
     orch: Orchestrator
+    spend: Spend = field(default_factory=Spend)
 
     @property
     def cfg(self) -> Any:
@@ -139,6 +141,7 @@ class _Sweep:
         return [o.metric for o in self.cfg.sweep.objectives]
 
     def ingest_study(self) -> None:
+        self.study.set_user_attr(SPEND_ATTR, self.spend.as_dict())
         with _INGEST_LOCK:
             ingest_study(self.results, self.study, self.cfg.experiment.name, self.storage_label)
 
@@ -209,6 +212,10 @@ def _one_trial(sweep: _Sweep, trial: optuna.Trial, params: dict[str, Any]) -> No
         per_seed = _run_seeds(sweep, trial, specs)
     except optuna.TrialPruned:
         finish(state=TrialState.PRUNED)
+    except SweepStopped as exc:
+        trial.set_user_attr("stopped", str(exc))
+        trial.set_user_attr("error", f"SweepStopped: {exc}")
+        finish(state=TrialState.FAIL)
     except Exception as exc:  # noqa: BLE001 - a failed trial must not stop the sweep
         trial.set_user_attr("error", "".join(traceback.format_exception_only(type(exc), exc)).strip()[-4000:])
         finish(state=TrialState.FAIL)
@@ -261,12 +268,15 @@ def _start_references(sweep: _Sweep, references: list[tuple[str, Any]]) -> tuple
 
 
 def _run_trials(sweep: _Sweep, target: int) -> None:
-    """Ask/tell with up to ``sweep.parallel`` trials in flight until the study holds ``target``."""
+    """Ask/tell with up to ``sweep.parallel`` trials in flight until the study holds ``target``, or
+    until the budget is spent."""
     parallel, space = sweep.cfg.sweep.parallel, sweep.cfg.sweep.search_space
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         running: set[Future] = set()
+        capped = False
         while True:
-            want = target - len(_finished(sweep.study)) - len(running)
+            capped = capped or _budget_reached(sweep, len(running))
+            want = 0 if capped else target - len(_finished(sweep.study)) - len(running)
             while want > 0 and len(running) < parallel:
                 trial = sweep.study.ask()
                 # drawn here, not in the worker: the next ask sees this trial's params
@@ -274,9 +284,27 @@ def _run_trials(sweep: _Sweep, target: int) -> None:
                 want -= 1
             if not running:
                 break
-            done, running = wait(running, return_when=FIRST_COMPLETED)
+            done, running = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
             for fut in done:
                 fut.result()
+
+
+def _budget_reached(sweep: _Sweep, running: int) -> bool:
+    """Whether the budget is spent; the first time, say so, record why, and stop running trials
+    if ``on_cap: stop``."""
+    budget = sweep.cfg.sweep.budget
+    reason = exceeded(sweep.spend, budget)
+    if reason is None:
+        return False
+    if sweep.study.user_attrs.get(STOP_ATTR) != reason:
+        sweep.study.set_user_attr(STOP_ATTR, reason)
+        sweep.study.set_user_attr(SPEND_ATTR, sweep.spend.as_dict())
+        then = "stopping" if budget.on_cap == "stop" else "letting finish"
+        print(f"[sweep] budget reached: {reason}; spent {sweep.spend.text()}. Starting no new trial, "
+              f"{then} {running} running.", flush=True)
+        if budget.on_cap == "stop":
+            sweep.orch.stop(reason)
+    return True
 
 
 def run_sweep(composed: Composed) -> optuna.Study:
@@ -288,7 +316,10 @@ def run_sweep(composed: Composed) -> optuna.Study:
     study = _open_sweep_study(cfg, results, name)
     storage_label = cfg.sweep.storage or str(results / "optuna" / f"{name}.journal")
     progress = Progress()
-    sweep = _Sweep(composed, study, name, results, storage_label, _orchestrator(app, cfg, results, progress))
+    sweep = _Sweep(composed, study, name, results, storage_label, _orchestrator(app, cfg, results, progress),
+                   Spend.resumed(study.user_attrs))
+    sweep.orch.on_computed = lambda stage, record, gpus: sweep.spend.add(
+        float((record.get("summary") or {}).get("flops") or 0.0), stage_gpu_hours(stage, results, record, gpus))
     target = _target(study, cfg)
     live = LiveView(study, progress, target, interval_s=cfg.sweep.live_interval_s, finished=_finished)
     live.start()
@@ -304,6 +335,8 @@ def run_sweep(composed: Composed) -> optuna.Study:
         ref_pool.shutdown(wait=False, cancel_futures=True)
         live.stop()
         sweep.ingest_study()
+    if cfg.sweep.budget.flops or cfg.sweep.budget.gpu_hours or cfg.sweep.budget.wall_clock_h:
+        print(f"[sweep] spent {sweep.spend.text()}", flush=True)
     return study
 
 

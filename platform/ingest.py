@@ -154,6 +154,13 @@ def ingest_runs(results: str | Path, run_ids: Optional[Iterable[str]] = None) ->
         return sum(_ingest_run(con, p) for p in paths)
 
 
+def _spend_columns(attrs: dict[str, Any]) -> dict[str, Any]:
+    """What the study's drivers computed (platform/budget.py) and why the budget stopped it, if it did."""
+    spend = attrs.get("spend") or {}
+    return {"spend_flops": spend.get("flops"), "spend_gpu_hours": spend.get("gpu_hours"),
+            "spend_wall_s": spend.get("wall_s"), "stopped_by_budget": attrs.get("stopped_by_budget")}
+
+
 def _values_se(trial: Any, metric_names: Optional[list[str]]) -> Optional[list[Optional[float]]]:
     """The standard error of each objective over a trial's replicate seeds (sweep.seeds), else None."""
     if not trial.user_attrs.get("seeds") or not metric_names:
@@ -171,6 +178,7 @@ def ingest_study(results: str | Path, study: Any, experiment: str, storage_label
             "study": study.study_name, "experiment": experiment, "directions": [d.name.lower() for d in study.directions],
             "storage": storage_label, "created_at": min((t.datetime_start for t in trials if t.datetime_start), default=None),
             "n_trials": len(trials), "metric_names": study.metric_names,
+            **_spend_columns(study.user_attrs),
         })
         for t in trials:
             _insert(con, "trials", {

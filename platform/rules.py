@@ -16,9 +16,10 @@ _MISSING = "__missing__"
 
 
 RANGES = {"sweep.n_trials": (1, None), "sweep.parallel": (1, None), "launcher.max_parallel_jobs": (1, None),
-          "launcher.max_num_timeout": (0, None)}
+          "launcher.max_num_timeout": (0, None), "sweep.budget.flops": (0.0, None), "sweep.budget.gpu_hours": (0.0, None),
+          "sweep.budget.wall_clock_h": (0.0, None)}
 CHOICES = {"launcher.name": ("debug", "local", "slurm"), "sweep.sampler": ("tpe", "random", "grid", "nsga2"),
-           "sweep.pruner": ("median", "none")}
+           "sweep.pruner": ("median", "none"), "sweep.budget.on_cap": ("finish", "stop")}
 
 
 def _table(cfg: DictConfig) -> list[str]:

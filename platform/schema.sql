@@ -92,3 +92,8 @@ FROM iterations i JOIN runs r USING (run_id) LEFT JOIN cum c USING (run_id, iter
 ALTER TABLE trials ADD COLUMN IF NOT EXISTS seeds INTEGER[];
 ALTER TABLE trials ADD COLUMN IF NOT EXISTS run_ids VARCHAR[];
 ALTER TABLE trials ADD COLUMN IF NOT EXISTS values_se DOUBLE[];
+-- Compute spent by the study's drivers (every stage computed, not cached) and why a budget stopped it.
+ALTER TABLE studies ADD COLUMN IF NOT EXISTS spend_flops DOUBLE;
+ALTER TABLE studies ADD COLUMN IF NOT EXISTS spend_gpu_hours DOUBLE;
+ALTER TABLE studies ADD COLUMN IF NOT EXISTS spend_wall_s DOUBLE;
+ALTER TABLE studies ADD COLUMN IF NOT EXISTS stopped_by_budget VARCHAR;

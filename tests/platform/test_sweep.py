@@ -153,3 +153,26 @@ def test_seed_in_the_search_space_and_replicate_seeds_conflict(tmp_path):
     out = run_cli("platform.sweep", f"paths.results={tmp_path}/r", "sweep.seeds=[0,1]",
                   "+sweep.search_space.seed={type: categorical, choices: [0, 1]}", env=TOY_ENV)
     assert out.returncode == 2 and "sweep.seeds" in out.stderr and "search_space.seed" in out.stderr
+
+
+def test_a_flops_budget_stops_starting_trials_at_the_cap_and_records_the_spend(tmp_path):
+    res = tmp_path / "r"
+    # a toy trial computes 2 x 600 (train) + 2 x 1 (score) FLOPs, and the shared prepare 1 once
+    out = run_cli("platform.sweep", f"paths.results={res}", "sweep.budget.flops=1500", "sweep.parallel=1",
+                  "sweep.n_trials=4", env=TOY_ENV, check=True)
+    assert "budget reached: sweep.budget.flops: spent 2.4e+03 FLOPs of 1.5e+03" in out.stdout
+    assert out.stdout.rstrip().splitlines()[-1].startswith("[sweep] spent 2.4e+03 FLOPs")
+    assert _q(res, "select count(*) from trials") == [(2,)]
+    assert _q(res, "select spend_flops, stopped_by_budget from studies") == [
+        (2405.0, "sweep.budget.flops: spent 2.4e+03 FLOPs of 1.5e+03")]
+
+
+def test_on_cap_stop_stops_running_trials_and_counts_their_spend(tmp_path):
+    res = tmp_path / "r"
+    out = run_cli("platform.sweep", f"paths.results={res}", "sweep.budget.flops=700", "sweep.budget.on_cap=stop",
+                  "sweep.parallel=2", "sweep.n_trials=4", "work.sleep_s=0.6", "work.iterations=3", env=TOY_ENV, check=True)
+    assert "budget reached" in out.stdout and "stopping 2 running" in out.stdout
+    states = _q(res, "select state, error from trials order by number")
+    assert len(states) == 2 and all(s == "FAIL" and "SweepStopped" in e and "budget" in e for s, e in states)
+    spend = _q(res, "select spend_flops from studies")[0][0]
+    assert spend >= 1201  # both first M-steps and the prepare stage, though the trials were stopped
