@@ -25,17 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import timed  # noqa: E402
 from dashboard import data, figures  # noqa: E402
 from tests.dashboard.synthetic import bootstrap_settings, build_synthetic_results  # noqa: E402
 
 SEEDS = (0, 1, 2)
 TARGET_S = 2.0
-
-
-def timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
 
 
 def page_pipeline(db: Path, x: str, facet: str | None) -> dict[str, float]:

@@ -100,7 +100,7 @@ def _tmp_root(launcher: str) -> Optional[str]:
 
 def sweep_trials(n_trials: int, timeout_s: float, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """``python -m platform.sweep`` of the toy app with ``n_trials`` trials on the local launcher."""
-    import duckdb
+    from platform.store import reading
 
     env = {**os.environ, "PLATFORM_APP": "tests.platform.toyapp.app",
            "PLATFORM_CONF_DIR": str(ROOT / "tests" / "platform" / "toyapp" / "conf"), "PYTHONUNBUFFERED": "1"}
@@ -113,16 +113,13 @@ def sweep_trials(n_trials: int, timeout_s: float, extra: tuple[str, ...] = ()) -
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             raise RuntimeError(f"toy sweep exited {proc.returncode}: {proc.stderr[-2000:]}")
-        con = duckdb.connect(str(results / "platform.duckdb"), read_only=True)
-        try:
+        with reading(results) as con:
             complete = con.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
             ran, cached, stage_s = con.execute(
                 "select count(*) filter (where not cached), count(*) filter (where cached), "
                 "coalesce(sum(wall_s) filter (where not cached), 0) from stages").fetchone()
             parallel = con.execute("select count(*) from runs").fetchone()[0]
             errors = [r[0] for r in con.execute("select distinct error from trials where state <> 'COMPLETE'").fetchall()]
-        finally:
-            con.close()
     return {"trials": n_trials, "complete": complete, "runs": parallel, "stage_jobs_run": ran,
             "stage_hits_cached": cached, "errors": [str(e)[-300:] for e in errors], "wall_s": wall, "wall_per_trial_s": wall / n_trials,
             "wall_per_stage_job_s": wall / max(ran, 1), "stage_compute_s": stage_s}

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import load_average  # noqa: E402
+from benchmarks import load_average, timed  # noqa: E402
 
 
 def _embedded_dir(tmp: Path) -> Path:
@@ -44,12 +44,6 @@ def _docs():
 
     data = DataConfig()
     return generate_corpus(60, 10, data.families, data.difficulty, data.seed)[0]
-
-
-def _timed(fn: Callable[[], int]) -> tuple[float, int]:
-    t0 = time.perf_counter()
-    tokens = fn()
-    return time.perf_counter() - t0, tokens
 
 
 def measure(name: str, model_dir: Path, prompts_of: Callable[[Any], list[list[int]]], ks: list[int], max_tokens: int,
@@ -74,7 +68,7 @@ def measure(name: str, model_dir: Path, prompts_of: Callable[[Any], list[list[in
             assert sample(mode, k) == tokens
         for _ in range(repeat):
             for mode in times:
-                times[mode].append(_timed(lambda: sample(mode, k))[0])
+                times[mode].append(timed(lambda: sample(mode, k))[1])
         med = {m: statistics.median(t) for m, t in times.items()}
         common = {"model": name, "k": k, "prompts": len(prompts), "max_tokens": max_tokens, "tokens": tokens}
         for mode in times:
@@ -85,7 +79,7 @@ def measure(name: str, model_dir: Path, prompts_of: Callable[[Any], list[list[in
     conts = [[100 + (i % 50) for i in range(max_tokens)] for _ in prompts]
     n_tok = sum(len(p) + len(c) for p, c in zip(prompts, conts))
     vs.score(prompts, conts)  # warm-up
-    score_s = statistics.median(_timed(lambda: len(vs.score(prompts, conts)))[0] for _ in range(repeat))
+    score_s = statistics.median(timed(lambda: len(vs.score(prompts, conts)))[1] for _ in range(repeat))
     common = {"model": name, "pairs": len(prompts), "cont_tokens": max_tokens}
     rows["scoring"].append({**common, "backend": "vllm", "seconds": score_s, "tokens_per_s": n_tok / score_s})
     if with_hf:  # the same prompts in this process, for a direct comparison outside benchmarks/run.py
@@ -95,13 +89,13 @@ def measure(name: str, model_dir: Path, prompts_of: Callable[[Any], list[list[in
         for k in ks:
             tokens = len(prompts) * k * max_tokens
             hf.sample(prompts, n=k, max_tokens=max_tokens, seed=1)
-            s = statistics.median(_timed(lambda: hf.sample(prompts, n=k, max_tokens=max_tokens, seed=1) and 0)[0]
+            s = statistics.median(timed(lambda: hf.sample(prompts, n=k, max_tokens=max_tokens, seed=1))[1]
                                   for _ in range(repeat))
             rows["sampling"].append({"model": name, "k": k, "prompts": len(prompts), "max_tokens": max_tokens,
                                      "tokens": tokens, "backend": "hf_batched_same_process", "seconds": s,
                                      "tokens_per_s": tokens / s})
         hf.score(prompts, conts)
-        s = statistics.median(_timed(lambda: len(hf.score(prompts, conts)))[0] for _ in range(repeat))
+        s = statistics.median(timed(lambda: len(hf.score(prompts, conts)))[1] for _ in range(repeat))
         rows["scoring"].append({**common, "backend": "hf_batched_same_process", "seconds": s, "tokens_per_s": n_tok / s})
     del vs
     return rows

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from benchmarks import median_time, section
+from benchmarks import median_time, section, timed
 
 K = 4  # samples per chunk
 INGEST_TARGET_S = 5.0
@@ -139,58 +139,56 @@ def read_all_parquet(files: list[tuple[str, int, Path]]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def run(smoke: bool) -> dict[str, Any]:
-    import duckdb
-
+def ingest_timings(results: Path, n_rows: int, n_runs: int, n_iter: int) -> tuple[list[tuple[str, int, Path]], dict]:
+    """Write the run folders, ingest them, and ingest again; returns the Parquet files and the seconds."""
     from platform.ingest import ingest_runs
-    from platform.store import db_path
+
+    files, t_write = timed(lambda: write_results(results, n_rows, n_runs, n_iter))
+    _, t_ingest = timed(lambda: ingest_runs(results))
+    # idempotence is part of the cost a sweep pays: every ingest replaces whole runs
+    _, t_reingest = timed(lambda: ingest_runs(results))
+    return files, {"write_files_s": t_write, "ingest_s": t_ingest, "reingest_s": t_reingest}
+
+
+def query_timings(db: Path, files: list[tuple[str, int, Path]], repeat: int) -> tuple[list[dict], float, dict]:
+    """Each query on DuckDB (a fresh read-only connection: a dashboard cache miss) and in pandas on
+    the Parquet files; returns the rows, pandas' read time, and the mean ESS by query name."""
+    from platform.store import query_df
+
+    def duck(sql: str) -> Callable[[], pd.DataFrame]:
+        return lambda: query_df(db, sql)
+
+    t_read, _ = median_time(lambda: read_all_parquet(files), max(1, repeat // 2), warmup=0)
+    frame = read_all_parquet(files)
+    rows, ess = [], {}
+    for name, sql in QUERIES.items():
+        d_s, _ = median_time(duck(sql), repeat)
+        p_s, _ = median_time(lambda: PANDAS_QUERIES[name](frame), repeat)
+        n_out = len(duck(sql)())
+        if n_out != len(PANDAS_QUERIES[name](frame)):
+            raise AssertionError(f"{name}: DuckDB gave {n_out} rows, pandas {len(PANDAS_QUERIES[name](frame))}")
+        if name.startswith("ess"):
+            ess[name] = float(duck(sql)()["mean_ess"].sum())
+        rows.append({"query": name, "duckdb_s": d_s, "pandas_query_s": p_s, "pandas_read_plus_query_s": t_read + p_s,
+                     "result_rows": n_out, "target_s": QUERY_TARGET_S, "target_met": d_s <= QUERY_TARGET_S})
+    return rows, t_read, ess
+
+
+def run(smoke: bool) -> dict[str, Any]:
+    from platform.store import db_path, query_rows
 
     n_rows, n_runs, n_iter, repeat = (20_000, 2, 2, 1) if smoke else (1_000_000, 10, 4, 5)
     with tempfile.TemporaryDirectory(prefix="bench_store_") as tmp:
         results = Path(tmp)
-        t0 = time.perf_counter()
-        files = write_results(results, n_rows, n_runs, n_iter)
-        t_write = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ingest_runs(results)
-        t_ingest = time.perf_counter() - t0
-        # idempotence is part of the cost a sweep pays: every ingest replaces whole runs
-        t0 = time.perf_counter()
-        ingest_runs(results)
-        t_reingest = time.perf_counter() - t0
+        files, times = ingest_timings(results, n_rows, n_runs, n_iter)
         db = db_path(results)
-        con = duckdb.connect(str(db), read_only=True)
-        n_db = con.execute("select count(*) from estep_samples").fetchone()[0]
-        con.close()
-
-        def duck(sql: str) -> Callable[[], pd.DataFrame]:
-            def q() -> pd.DataFrame:
-                c = duckdb.connect(str(db), read_only=True)
-                try:
-                    return c.execute(sql).fetchdf()
-                finally:
-                    c.close()
-            return q
-
-        t_read, _ = median_time(lambda: read_all_parquet(files), max(1, repeat // 2), warmup=0)
-        frame = read_all_parquet(files)
-        rows = []
-        ess_raw = ess_pre = None
-        for name, sql in QUERIES.items():
-            d_s, _ = median_time(duck(sql), repeat)
-            p_s, _ = median_time(lambda: PANDAS_QUERIES[name](frame), repeat)
-            n_out = len(duck(sql)())
-            if n_out != len(PANDAS_QUERIES[name](frame)):
-                raise AssertionError(f"{name}: DuckDB gave {n_out} rows, pandas {len(PANDAS_QUERIES[name](frame))}")
-            if name.startswith("ess"):
-                val = float(duck(sql)()["mean_ess"].sum())
-                ess_raw, ess_pre = (val, ess_pre) if name == "ess_by_iteration" else (ess_raw, val)
-            rows.append({"query": name, "duckdb_s": d_s, "pandas_query_s": p_s, "pandas_read_plus_query_s": t_read + p_s,
-                         "result_rows": n_out, "target_s": QUERY_TARGET_S, "target_met": d_s <= QUERY_TARGET_S})
+        n_db = query_rows(db, "select count(*) from estep_samples")[0][0]
+        rows, t_read, ess = query_timings(db, files, repeat)
         size_mb = sum(p.stat().st_size for _, _, p in files) / 1e6
-    ingest = [{"rows": n_db, "runs": n_runs, "iterations": n_iter, "parquet_mb": size_mb, "write_files_s": t_write,
-               "ingest_s": t_ingest, "reingest_s": t_reingest, "target_s": INGEST_TARGET_S,
-               "target_met": t_ingest <= INGEST_TARGET_S}]
+    t_ingest = times["ingest_s"]
+    ingest = [{"rows": n_db, "runs": n_runs, "iterations": n_iter, "parquet_mb": size_mb, **times,
+               "target_s": INGEST_TARGET_S, "target_met": t_ingest <= INGEST_TARGET_S}]
+    ess_raw, ess_pre = ess.get("ess_by_iteration"), ess.get("ess_from_estep_metrics")
     if ess_raw is None or abs(ess_raw - ess_pre) > 1e-6 * abs(ess_raw):
         raise AssertionError(f"ESS from raw samples {ess_raw} != the precomputed metric {ess_pre}")
     notes = [f"{n_rows:,} rows in {n_runs * n_iter} Parquet files ({n_runs} runs x {n_iter} iterations, K={K}); "

@@ -152,7 +152,11 @@ def headline(sections: dict[str, dict]) -> list[dict[str, Any]]:
     return rows
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (about a minute)")
     ap.add_argument("--only", action="append", choices=SECTIONS, help="run only this section (repeatable)")
@@ -160,7 +164,83 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="torch threads (default 1: on a shared machine 2 threads ran 20-60x slower than 1, "
                          "spinning on descheduled workers; 0 keeps torch's default)")
     ap.add_argument("--out", help="report folder (default benchmarks/results, or benchmarks/results/smoke)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def _embedded_model(smoke: bool, wanted: list[str]) -> Optional[tuple]:
+    """The embedded model, tokenizer and documents, built once for the sections that use them."""
+    if not {"estep", "mstep", "scaling"} & set(wanted):
+        return None
+    import torch
+
+    from benchmarks.bench_estep import build_embedded
+
+    torch.manual_seed(0)
+    return build_embedded(60 if smoke else 200)
+
+
+def _runners(smoke: bool, embedded: Optional[tuple]) -> dict[str, Callable[[], dict]]:
+    """Per section, a call that runs it and returns its section."""
+    def estep() -> dict:
+        from benchmarks import bench_estep
+
+        sec = bench_estep.run(smoke, embedded)
+        vllm, note = _vllm_rows(smoke, embedded, _log)
+        sec["notes"].append(note)
+        if vllm:
+            merge_vllm(sec, vllm)
+        return sec
+
+    def simple(name: str, with_model: bool) -> Callable[[], dict]:
+        def go() -> dict:
+            import importlib
+
+            mod = importlib.import_module(f"benchmarks.bench_{name}")
+            return mod.run(smoke, embedded) if with_model else mod.run(smoke)
+        return go
+
+    return {
+        "estep": estep, "mstep": simple("mstep", True), "orchestration": simple("orchestration", False),
+        "store": simple("store", False), "scaling": simple("scaling", True), "dashboard": lambda: run_dashboard(smoke),
+    }
+
+
+def _run_section(name: str, runner: Callable[[], dict]) -> tuple[dict, bool]:
+    """One section, timed; a failure becomes a section holding its error. Returns (section, failed)."""
+    _log(f"[bench] {name} ...")
+    t0 = time.perf_counter()
+    failed = False
+    try:
+        sec = runner()
+    except Exception as exc:
+        failed = True
+        sec = section(name, notes=[f"FAILED: {type(exc).__name__}: {exc}"])
+        sec["error"] = traceback.format_exc()
+        _log(sec["error"])
+    sec["seconds"] = time.perf_counter() - t0
+    sec["load_average_after"] = load_average()
+    _log(f"[bench] {name} done in {sec['seconds']:.1f} s")
+    return sec, failed
+
+
+def _meta(args: argparse.Namespace, wanted: list[str], sections: dict[str, dict], failed: list[str],
+          t_start: float, load_start: list[float]) -> dict[str, Any]:
+    """The report's meta block: when, where, with what, and how the run went."""
+    import torch
+
+    from benchmarks import report
+
+    versions = report.library_versions()
+    versions.update(sections.get("estep", {}).get("versions", {}))
+    return {"generated_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "smoke": args.smoke,
+            "sections_run": wanted, "torch_threads": torch.get_num_threads(), "failed": failed,
+            "total_s": time.perf_counter() - t_start,
+            "machine": report.machine_info(), "versions": versions, "git": report.git_state(),
+            "load_average_start": load_start, "load_average_end": load_average()}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parse_args(argv)
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / ("smoke" if args.smoke else "")
     wanted = args.only or list(SECTIONS)
 
@@ -172,69 +252,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the vLLM subprocess
 
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
     t_start, load_start = time.perf_counter(), load_average()
-    embedded = None
-    if {"estep", "mstep", "scaling"} & set(wanted):
-        from benchmarks.bench_estep import build_embedded
-
-        torch.manual_seed(0)
-        embedded = build_embedded(60 if args.smoke else 200)
-
-    def estep() -> dict:
-        from benchmarks import bench_estep
-
-        sec = bench_estep.run(args.smoke, embedded)
-        vllm, note = _vllm_rows(args.smoke, embedded, log)
-        sec["notes"].append(note)
-        if vllm:
-            merge_vllm(sec, vllm)
-        return sec
-
-    def simple(name: str, with_model: bool) -> Callable[[], dict]:
-        def go() -> dict:
-            import importlib
-
-            mod = importlib.import_module(f"benchmarks.bench_{name}")
-            return mod.run(args.smoke, embedded) if with_model else mod.run(args.smoke)
-        return go
-
-    runners: dict[str, Callable[[], dict]] = {
-        "estep": estep, "mstep": simple("mstep", True), "orchestration": simple("orchestration", False),
-        "store": simple("store", False), "scaling": simple("scaling", True), "dashboard": lambda: run_dashboard(args.smoke),
-    }
+    runners = _runners(args.smoke, _embedded_model(args.smoke, wanted))
     sections: dict[str, dict] = {}
     failed = []
     for name in wanted:
-        log(f"[bench] {name} ...")
-        t0 = time.perf_counter()
-        try:
-            sec = runners[name]()
-        except Exception as exc:
+        sections[name], section_failed = _run_section(name, runners[name])
+        if section_failed:
             failed.append(name)
-            sec = section(name, notes=[f"FAILED: {type(exc).__name__}: {exc}"])
-            sec["error"] = traceback.format_exc()
-            log(sec["error"])
-        sec["seconds"] = time.perf_counter() - t0
-        sec["load_average_after"] = load_average()
-        sections[name] = sec
-        log(f"[bench] {name} done in {sec['seconds']:.1f} s")
-    versions = report.library_versions()
-    versions.update(sections.get("estep", {}).get("versions", {}))
-    rep = {
-        "meta": {"generated_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "smoke": args.smoke,
-                 "sections_run": wanted, "torch_threads": torch.get_num_threads(), "failed": failed,
-                 "total_s": time.perf_counter() - t_start,
-                 "machine": report.machine_info(), "versions": versions, "git": report.git_state(),
-                 "load_average_start": load_start, "load_average_end": load_average()},
-        "headline": headline(sections),
-        "sections": sections,
-    }
+    rep = {"meta": _meta(args, wanted, sections, failed, t_start, load_start), "headline": headline(sections),
+           "sections": sections}
     paths = report.write_report(rep, out)
-    log(f"[bench] wrote {paths['json']} and {paths['md']} in {rep['meta']['total_s']:.0f} s"
-        + (f"; FAILED sections: {', '.join(failed)}" if failed else ""))
+    _log(f"[bench] wrote {paths['json']} and {paths['md']} in {rep['meta']['total_s']:.0f} s"
+         + (f"; FAILED sections: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
 

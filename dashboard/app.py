@@ -15,6 +15,10 @@ from pathlib import Path
 _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # `streamlit run` puts dashboard/ on the path, not the repo root
     sys.path.insert(0, str(_ROOT))
+if not hasattr(sys.modules.get("platform", sys), "__path__"):
+    # the stdlib `platform` came first (the `streamlit` script): our package re-executes it, so its
+    # earlier importers keep every attribute (docs/design.md "The name `platform`")
+    sys.modules.pop("platform", None)
 
 import streamlit as st  # noqa: E402
 

@@ -1,9 +1,10 @@
 """Read-only access to the results database, and the tables the pages plot.
 
-DuckDB lets one process write a file while nobody else holds it: a reader's lock blocks the
-ingester. So every query opens the file read-only, fetches its result fully and closes it again,
-and a failed open (the ingester holds the file for a moment) is retried a few times. Results are
-cached for a few seconds, which keeps pages fast and still shows a running sweep's progress.
+Every query goes through ``platform.store``: it opens the file read-only (retrying while the
+ingester holds it), defines the views of ``platform/schema.sql``, fetches the result fully and
+closes the file again, so a reader never blocks the ingester for long. Results are cached for a few
+seconds, which keeps pages fast and still shows a running sweep's progress. The page queries build
+on the store's views; none is defined here.
 
 Nothing the user types reaches SQL here; values are bound as parameters. Only the SQL page runs
 user text, through :func:`run_user_sql`, on a connection that can neither write nor touch files.
@@ -15,17 +16,19 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import duckdb
 import numpy as np
 import pandas as pd
 import streamlit as st
 
+from platform import store
+
 DEFAULT_DB = "results/platform.duckdb"
 CACHE_TTL_S = 5.0
+# A page waits about 3 s for a writer's lock (15 tries, 0.2 s apart), then says so.
+OPEN_RETRIES, OPEN_WAIT_S = 15, 0.2
 # Stages whose tokens_in count as training tokens (the warm start is M-step 0).
 TRAINING_STAGES = ("mstep", "warm_start")
 # Swept params a page can facet by: label -> dotted config path (the key in runs.params).
@@ -34,12 +37,12 @@ FACETS = {
     "thought length": "estep.max_thought_tokens",
     "mixture ratio": "data.raw_mix_ratio",
 }
+# The metrics the across-iterations page offers: columns of the store's `iterations` view.
 METRICS = ["accuracy", "nll", "elbo_1", "elbo_2", "elbo_4", "thought_tokens_mean"]
 LOWER_IS_BETTER = {"nll"}
-
-
-class DatabaseUnavailable(RuntimeError):
-    """The results database is missing or stayed locked through every retry."""
+# The results database is missing, is not a database, or stayed locked through every retry.
+DatabaseUnavailable = store.StoreUnavailable
+NO_DB_HINT = "pass `-- --db PATH` to streamlit (or set PLATFORM_DB)"
 
 
 def resolve_db_path(argv: Optional[Sequence[str]] = None, env: Optional[dict] = None) -> Path:
@@ -52,41 +55,18 @@ def resolve_db_path(argv: Optional[Sequence[str]] = None, env: Optional[dict] = 
     return Path(known.db or env.get("PLATFORM_DB") or DEFAULT_DB)
 
 
-def connect(path: Path | str, retries: int = 5, wait_s: float = 0.2, sandbox: bool = False):
-    """Open ``path`` read-only, retrying while a writer holds it.
+def connect(path: Path | str, retries: int = OPEN_RETRIES, wait_s: float = OPEN_WAIT_S, sandbox: bool = False):
+    """Open ``path`` read-only with the store's views (:func:`platform.store.read_only`).
 
     ``sandbox`` also forbids file access beyond the database (COPY TO, read_csv, ATTACH) and
     locks that setting, for running text a user typed.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DatabaseUnavailable(
-            f"results database {path} does not exist: run a sweep first, or pass "
-            f"`-- --db PATH` to streamlit (or set PLATFORM_DB)"
-        )
-    config = {"enable_external_access": False, "lock_configuration": True} if sandbox else {}
-    last: Exception | None = None
-    for attempt in range(retries):
-        try:
-            return duckdb.connect(str(path), read_only=True, config=config)
-        except (duckdb.IOException, duckdb.ConnectionException) as exc:
-            if "lock" not in str(exc).lower():  # not a writer's lock: retrying will not help
-                raise DatabaseUnavailable(f"cannot open results database {path}: {exc}") from exc
-            last = exc
-            time.sleep(wait_s * (attempt + 1))
-    raise DatabaseUnavailable(
-        f"results database {path} stayed locked by a writer through {retries} attempts; "
-        f"retry in a moment ({last})"
-    )
+    return store.read_only(path, retries=retries, wait_s=wait_s, sandbox=sandbox)
 
 
 def run_query(path: Path | str, sql: str, params: Optional[Sequence[Any]] = None) -> pd.DataFrame:
     """Run one fixed query with bound ``params``; the connection is closed before returning."""
-    con = connect(path)
-    try:
-        return con.execute(sql, list(params or [])).fetchdf()
-    finally:
-        con.close()
+    return store.query_df(path, sql, list(params or []), retries=OPEN_RETRIES, wait_s=OPEN_WAIT_S)
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
@@ -99,12 +79,9 @@ def run_user_sql(path: Path | str, sql: str) -> pd.DataFrame:
 
     A write raises duckdb.Error naming the read-only database; the page shows it as is.
     """
-    con = connect(path, sandbox=True)
-    try:
+    with store.reading(path, retries=OPEN_RETRIES, wait_s=OPEN_WAIT_S, sandbox=True) as con:
         result = con.execute(sql)
         return result.fetchdf() if result.description else pd.DataFrame()
-    finally:
-        con.close()
 
 
 def load(sql: str, *params: Any) -> pd.DataFrame:
@@ -113,8 +90,33 @@ def load(sql: str, *params: Any) -> pd.DataFrame:
     try:
         return cached_query(str(resolve_db_path()), sql, tuple(params))
     except DatabaseUnavailable as exc:
-        st.error(str(exc))
+        st.error(unavailable_message(exc))
         st.stop()
+
+
+def load_optional(sql: str, *params: Any) -> pd.DataFrame:
+    """``load`` for a section that a store written before its columns existed cannot show: empty
+    instead of an error until the next ingest upgrades the store in place."""
+    import duckdb
+
+    try:
+        return load(sql, *params)
+    except duckdb.BinderException:
+        return pd.DataFrame()
+
+
+def load_estep_runs() -> pd.DataFrame:
+    """The runs with E-step samples (ESTEP_RUNS_SQL); while there are none the page stops with a note."""
+    runs = load(ESTEP_RUNS_SQL)
+    if runs.empty:
+        st.info("No E-step samples yet: a bootstrap run writes them in its first E-step.")
+        st.stop()
+    return runs
+
+
+def unavailable_message(exc: DatabaseUnavailable) -> str:
+    """What a page says when the database cannot be read; for a missing one, how to name another."""
+    return f"{exc}; {NO_DB_HINT}" if isinstance(exc, store.StoreMissing) else str(exc)
 
 
 def optuna_storage(db_path: Path | str, study: str, storage: Optional[str] = None):
@@ -146,27 +148,25 @@ def _facet_columns(prefix: str = "r") -> str:
     return ",\n       ".join(cols)
 
 
+# The store's `iterations` view (eval metrics per run and iteration) with the run's facets and the
+# compute spent to reach each iteration's model: every stage up to it (cumulative). E-step compute
+# alone is `gain_vs_estep_compute.cum_estep_flops` (PARETO_SQL).
 ITERATIONS_SQL = f"""
-WITH ev AS (
-    SELECT run_id, coalesce(iteration, 0) AS iteration,
-           {", ".join(f"arg_max(value, step) FILTER (WHERE name = '{m}') AS {m}" for m in METRICS)}
-    FROM metrics WHERE stage = 'eval' GROUP BY ALL
-), cost AS (
-    -- Compute spent to reach the model of each iteration: every stage up to it (cumulative).
+WITH ev AS MATERIALIZED (SELECT * FROM iterations), cost AS (
     SELECT ev.run_id, ev.iteration,
            sum(s.tokens_in) FILTER (WHERE s.stage IN {TRAINING_STAGES}) AS train_tokens,
-           sum(s.flops) AS flops, sum(s.gpu_hours) AS gpu_hours,
-           sum(s.flops) FILTER (WHERE s.stage = 'estep') AS estep_flops
+           sum(s.flops) AS flops, sum(s.gpu_hours) AS gpu_hours
     FROM ev LEFT JOIN stages s ON s.run_id = ev.run_id AND coalesce(s.iteration, 0) <= ev.iteration
     GROUP BY ALL
 )
-SELECT r.run_id, r.experiment, r.kind, r.study, r.trial, r.seed, r.status, r.started_at,
+SELECT ev.run_id, ev.experiment, ev.kind, ev.study, ev.trial, ev.seed, r.status, r.started_at,
        coalesce(r.params->>'baseline', r.config->>'$.experiment.baseline') AS baseline,
        CAST(r.params AS VARCHAR) AS params,
        {_facet_columns()},
-       ev.* EXCLUDE (run_id), cost.* EXCLUDE (run_id, iteration)
+       ev.iteration, {", ".join(f"ev.{m}" for m in METRICS)},
+       cost.* EXCLUDE (run_id, iteration)
 FROM ev JOIN runs r USING (run_id) LEFT JOIN cost USING (run_id, iteration)
-ORDER BY r.run_id, ev.iteration
+ORDER BY ev.run_id, ev.iteration
 """
 
 RUNS_SQL = """
@@ -178,6 +178,10 @@ STUDIES_SQL = "SELECT * FROM studies ORDER BY created_at DESC NULLS LAST, study"
 TRIALS_SQL = """
 SELECT study, number, state, CAST(params AS VARCHAR) AS params, "values", run_id, error,
        started_at, ended_at FROM trials ORDER BY study, number
+"""
+REPLICATE_TRIALS_SQL = """
+SELECT number, CAST(params AS VARCHAR) AS params, "values", values_se, seeds FROM trials
+WHERE study = ? AND state = 'COMPLETE' AND seeds IS NOT NULL ORDER BY number
 """
 ESTEP_METRICS_SQL = """
 SELECT iteration, name, arg_max(value, step) AS value FROM metrics
@@ -334,6 +338,19 @@ def with_weights(samples: pd.DataFrame) -> pd.DataFrame:
     shifted = out["log_w"] - out.groupby(keys)["log_w"].transform("max")
     out["weight"] = np.exp(shifted) / np.exp(shifted).groupby([out[k] for k in keys]).transform("sum")
     return out
+
+
+def replicate_table(trials: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """One row per trial run over replicate seeds: its params, and per objective the mean over
+    seeds (``<name>``) and its standard error (``<name>_se``)."""
+    rows = []
+    for t in trials.itertuples(index=False):
+        row = {"trial": t.number, "params": t.params, "seeds": len(t.seeds)}
+        for i, name in enumerate(names):
+            row[name] = t.values[i] if t.values is not None else None
+            row[f"{name}_se"] = t.values_se[i] if t.values_se is not None else None
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["trial", "params", "seeds", *[c for n in names for c in (n, f"{n}_se")]])
 
 
 def pareto_mask(x: pd.Series, y: pd.Series) -> pd.Series:

@@ -33,6 +33,48 @@ def _facet_values(df: pd.DataFrame, col: Optional[str]) -> list:
     return sorted(df[col].dropna().unique().tolist()) if col and col in df else [None]
 
 
+def _facet_title(row_value, col_value, facet_row: Optional[str], facet_col: Optional[str]) -> str:
+    parts = (f"{facet_row}={row_value}" if row_value is not None else "",
+             f"{facet_col}={col_value}" if col_value is not None else "")
+    return ", ".join(t for t in parts if t)
+
+
+def _facet_cell(agg: pd.DataFrame, facet_row: Optional[str], row_value, facet_col: Optional[str], col_value) -> pd.DataFrame:
+    cell = agg
+    if row_value is not None:
+        cell = cell[cell[facet_row] == row_value]
+    if col_value is not None:
+        cell = cell[cell[facet_col] == col_value]
+    return cell
+
+
+def _setting_line(setting: str, line: pd.DataFrame, metric: str, color: str, showlegend: bool) -> go.Scatter:
+    """One bootstrap setting: mean per iteration, error bars = standard error over seeds."""
+    return go.Scatter(
+        x=line["x"], y=line["mean"], mode="lines+markers", name=setting, legendgroup=setting,
+        showlegend=showlegend, line=dict(color=color),
+        error_y=dict(type="data", array=line["se"].fillna(0), visible=True),
+        customdata=line[["iteration", "n"]],
+        hovertemplate=f"{setting}<br>iteration %{{customdata[0]}} (n=%{{customdata[1]}})"
+        f"<br>{metric} %{{y:.4g}}<extra></extra>",
+    )
+
+
+def _add_reference(fig: go.Figure, ref, metric: str, x: str) -> None:
+    """A reference level as a horizontal line on every subplot (band = its standard error)."""
+    dash, color = REFERENCE_STYLE.get(ref.label, ("dash", "#7f7f7f"))
+    if pd.notna(ref.se) and ref.se > 0:
+        fig.add_hrect(y0=ref.mean - ref.se, y1=ref.mean + ref.se, fillcolor=color, opacity=0.08,
+                      line_width=0, row="all", col="all")
+    fig.add_hline(y=ref.mean, line=dict(dash=dash, color=color, width=1.5), row="all", col="all")
+    # A legend entry (the hline itself has none) that also marks the reference's own x.
+    fig.add_trace(go.Scatter(
+        x=[ref.x] if x != "iteration" else [None], y=[ref.mean], mode="markers", name=f"{ref.label} (n={ref.n})",
+        marker=dict(color=color, symbol="diamond", size=9), line=dict(dash=dash, color=color),
+        hovertemplate=f"{ref.label}<br>{metric} %{{y:.4g}}<extra></extra>",
+    ), row=1, col=1)
+
+
 def across_iterations(
     agg: pd.DataFrame,
     refs: pd.DataFrame,
@@ -44,10 +86,7 @@ def across_iterations(
     """Bootstrap settings as lines (mean, error bars = standard error over seeds), one subplot
     per facet value, with the reference levels as horizontal lines (band = their standard error)."""
     cols, rows = _facet_values(agg, facet_col), _facet_values(agg, facet_row)
-    titles = [
-        ", ".join(t for t in (f"{facet_row}={r}" if r is not None else "", f"{facet_col}={c}" if c is not None else "") if t)
-        for r in rows for c in cols
-    ]
+    titles = [_facet_title(r, c, facet_row, facet_col) for r in rows for c in cols]
     fig = make_subplots(rows=len(rows), cols=len(cols), shared_xaxes=True, shared_yaxes=True,
                         subplot_titles=titles if any(titles) else None,
                         horizontal_spacing=0.04, vertical_spacing=0.08)
@@ -55,37 +94,12 @@ def across_iterations(
     shown: set[str] = set()
     for r_i, r in enumerate(rows, start=1):
         for c_i, c in enumerate(cols, start=1):
-            cell = agg
-            if r is not None:
-                cell = cell[cell[facet_row] == r]
-            if c is not None:
-                cell = cell[cell[facet_col] == c]
-            for setting, line in cell.groupby("setting", sort=True):
-                line = line.sort_values("iteration")
-                fig.add_trace(
-                    go.Scatter(
-                        x=line["x"], y=line["mean"], mode="lines+markers", name=setting, legendgroup=setting,
-                        showlegend=setting not in shown, line=dict(color=colors[setting]),
-                        error_y=dict(type="data", array=line["se"].fillna(0), visible=True),
-                        customdata=line[["iteration", "n"]],
-                        hovertemplate=f"{setting}<br>iteration %{{customdata[0]}} (n=%{{customdata[1]}})"
-                        f"<br>{metric} %{{y:.4g}}<extra></extra>",
-                    ),
-                    row=r_i, col=c_i,
-                )
+            for setting, line in _facet_cell(agg, facet_row, r, facet_col, c).groupby("setting", sort=True):
+                fig.add_trace(_setting_line(setting, line.sort_values("iteration"), metric, colors[setting],
+                                            setting not in shown), row=r_i, col=c_i)
                 shown.add(setting)
     for ref in refs.dropna(subset=["mean"]).itertuples():
-        dash, color = REFERENCE_STYLE.get(ref.label, ("dash", "#7f7f7f"))
-        if pd.notna(ref.se) and ref.se > 0:
-            fig.add_hrect(y0=ref.mean - ref.se, y1=ref.mean + ref.se, fillcolor=color, opacity=0.08,
-                          line_width=0, row="all", col="all")
-        fig.add_hline(y=ref.mean, line=dict(dash=dash, color=color, width=1.5), row="all", col="all")
-        # A legend entry (the hline itself has none) that also marks the reference's own x.
-        fig.add_trace(go.Scatter(
-            x=[ref.x] if x != "iteration" else [None], y=[ref.mean], mode="markers", name=f"{ref.label} (n={ref.n})",
-            marker=dict(color=color, symbol="diamond", size=9), line=dict(dash=dash, color=color),
-            hovertemplate=f"{ref.label}<br>{metric} %{{y:.4g}}<extra></extra>",
-        ), row=1, col=1)
+        _add_reference(fig, ref, metric, x)
     fig.update_xaxes(title_text=X_TITLES.get(x, x), row=len(rows))
     if x == "iteration":
         fig.update_xaxes(dtick=1)
@@ -114,6 +128,17 @@ def trial_objectives(trials: pd.DataFrame) -> go.Figure:
     fig = px.scatter(done, x="number", y="objective 0", color="study", hover_data=["state", "params"],
                      title="Trials: first objective by trial number")
     return _compact(fig, 320)
+
+
+def replicate_values(table: pd.DataFrame, name: str) -> go.Figure:
+    """Each trial's objective: the mean over its replicate seeds, with the standard error as a bar."""
+    fig = go.Figure(go.Scatter(
+        x=table["trial"], y=table[name], mode="markers", marker=dict(size=9, color="#3182bd"),
+        error_y=_error_bars(table, f"{name}_se"), text=table["params"],
+        hovertemplate="trial %{x}<br>%{text}<br>%{y:.4g} ± %{error_y.array:.2g} (SE)<extra></extra>"))
+    fig.update_layout(xaxis_title="trial", yaxis_title=f"{name} (mean over seeds ± SE)",
+                      title=f"{name} per trial over replicate seeds")
+    return _compact(fig)
 
 
 def _histogram_by_iteration(samples: pd.DataFrame, column: str, title: str) -> go.Figure:
@@ -200,13 +225,22 @@ def chunk_weights(doc: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def _error_bars(points: pd.DataFrame, column: Optional[str]) -> Optional[dict]:
+    if column is None or column not in points:
+        return None
+    return dict(type="data", array=points[column].fillna(0.0).tolist(), visible=True, thickness=1.2)
+
+
 def pareto_front(points: pd.DataFrame, x: str, y: str, on_front: pd.Series,
-                 x_title: Optional[str] = None, y_title: Optional[str] = None) -> go.Figure:
-    """Every run's final (x, y); the non-dominated ones joined as a step line."""
+                 x_title: Optional[str] = None, y_title: Optional[str] = None,
+                 x_err: Optional[str] = None, y_err: Optional[str] = None) -> go.Figure:
+    """Every run's (or trial's) final (x, y), with standard-error bars from the columns ``x_err``
+    and ``y_err`` where given; the non-dominated points joined as a step line."""
     x_title, y_title = x_title or x, y_title or y
     front = points[on_front].sort_values(x)
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=points[x], y=points[y], mode="markers", name="runs", marker=dict(color="#9ecae1", size=8),
+                             error_x=_error_bars(points, x_err), error_y=_error_bars(points, y_err),
                              text=points.get("params"), hovertemplate="%{text}<br>%{x:.3g}, %{y:.4g}<extra></extra>"))
     fig.add_trace(go.Scatter(x=front[x], y=front[y], mode="lines+markers", line_shape="hv", name="Pareto front",
                              marker=dict(color="#d62728", size=10)))

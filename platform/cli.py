@@ -16,7 +16,7 @@ from platform.validate import ConfigError
 
 def load(argv: Optional[Sequence[str]]) -> Composed:
     app = load_app()
-    return compose_config(list(sys.argv[1:] if argv is None else argv), rules=tuple(app.RULES))
+    return compose_config(list(sys.argv[1:] if argv is None else argv), rules=app.rules)
 
 
 def restore_default_sigint() -> None:

@@ -21,13 +21,15 @@ from platform.trial import apply_params, run_id_for, run_trial
 
 
 def run(composed: Composed) -> int:
+    app = load_app()
     spec = apply_params(composed.raw, {}, composed.overrides)
     results = Path(spec.cfg.paths.results)
     if spec.cfg.dry_run:
         print(f"run {run_id_for(spec)}")
-        print(describe(load_app().build_plan(spec.cfg), results))
+        print(describe(app.build_plan(spec.cfg), results))
         return 0
-    orch = Orchestrator(to_dict(spec.cfg.launcher), results, ingest=lambda rid: ingest_runs(results, [rid]))
+    orch = Orchestrator(to_dict(spec.cfg.launcher), results, ingest=lambda rid: ingest_runs(results, [rid]),
+                        compute_buckets=app.compute_buckets, total_buckets=app.total_buckets)
     run_id, metrics = run_trial(spec, orch)
     print(json.dumps({"run_id": run_id, **metrics}, indent=1))
     return 0

@@ -70,14 +70,17 @@ ALTER TABLE shards ADD COLUMN IF NOT EXISTS tokens_reused BIGINT;
 ALTER TABLE shards ADD COLUMN IF NOT EXISTS samples_drawn BIGINT;
 ALTER TABLE shards ADD COLUMN IF NOT EXISTS samples_reused BIGINT;
 ALTER TABLE shards ADD COLUMN IF NOT EXISTS flops_computed DOUBLE;
--- Per run and iteration, the eval metrics side by side (accuracy, nll, elbo_k, ess).
+-- Per run and iteration, the eval stage's metrics side by side, each at the last step the stage logged
+-- it (the value the orchestrator reports to Optuna). The views are replaced on every write, so a store
+-- written by an earlier version is upgraded in place; readers define them afresh (platform/store.py).
 CREATE OR REPLACE VIEW iterations AS
 SELECT r.run_id, r.experiment, r.kind, r.study, r.trial, r.seed, m.iteration,
-       max(CASE WHEN m.name = 'accuracy' THEN m.value END) AS accuracy,
-       max(CASE WHEN m.name = 'nll' THEN m.value END) AS nll,
-       max(CASE WHEN m.name = 'elbo_1' THEN m.value END) AS elbo_1,
-       max(CASE WHEN m.name = 'elbo_2' THEN m.value END) AS elbo_2,
-       max(CASE WHEN m.name = 'elbo_4' THEN m.value END) AS elbo_4
+       arg_max(m.value, m.step) FILTER (WHERE m.name = 'accuracy') AS accuracy,
+       arg_max(m.value, m.step) FILTER (WHERE m.name = 'nll') AS nll,
+       arg_max(m.value, m.step) FILTER (WHERE m.name = 'elbo_1') AS elbo_1,
+       arg_max(m.value, m.step) FILTER (WHERE m.name = 'elbo_2') AS elbo_2,
+       arg_max(m.value, m.step) FILTER (WHERE m.name = 'elbo_4') AS elbo_4,
+       arg_max(m.value, m.step) FILTER (WHERE m.name = 'thought_tokens_mean') AS thought_tokens_mean
 FROM runs r JOIN metrics m USING (run_id)
 WHERE m.stage = 'eval'
 GROUP BY ALL;
@@ -98,3 +101,13 @@ WITH estep AS (
 SELECT i.run_id, i.kind, i.iteration, r.params, c.cum_estep_flops, i.accuracy,
        i.accuracy - first_value(i.accuracy) OVER (PARTITION BY i.run_id ORDER BY i.iteration) AS gain
 FROM iterations i JOIN runs r USING (run_id) LEFT JOIN cum c USING (run_id, iteration);
+-- Replicate seeds (sweep.seeds): a trial ran once per seed; "values" are the means over them,
+-- values_se their standard errors (objective order), run_ids the runs (seed order).
+ALTER TABLE trials ADD COLUMN IF NOT EXISTS seeds INTEGER[];
+ALTER TABLE trials ADD COLUMN IF NOT EXISTS run_ids VARCHAR[];
+ALTER TABLE trials ADD COLUMN IF NOT EXISTS values_se DOUBLE[];
+-- Compute spent by the study's drivers (every stage computed, not cached) and why a budget stopped it.
+ALTER TABLE studies ADD COLUMN IF NOT EXISTS spend_flops DOUBLE;
+ALTER TABLE studies ADD COLUMN IF NOT EXISTS spend_gpu_hours DOUBLE;
+ALTER TABLE studies ADD COLUMN IF NOT EXISTS spend_wall_s DOUBLE;
+ALTER TABLE studies ADD COLUMN IF NOT EXISTS stopped_by_budget VARCHAR;

@@ -3,12 +3,20 @@
 DuckDB lets one process hold a database file for writing and no other process open it meanwhile,
 so every write opens, writes in one transaction, and closes; both writers and readers retry while
 the file is locked. Jobs never open the database: they write files that the ingester loads.
+
+The tables and views are defined once, in ``schema.sql``. A writer applies the whole file, which
+upgrades a store written by an earlier version in place (``ADD COLUMN IF NOT EXISTS``, ``CREATE OR
+REPLACE VIEW``). A reader cannot change the file, so every read-only connection also defines the
+file's views as temporary views, which take precedence: readers (``platform.query``, the dashboard)
+see the views as ``schema.sql`` defines them now, even in a store no writer has opened since.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
@@ -16,6 +24,21 @@ import duckdb
 
 SCHEMA = Path(__file__).with_name("schema.sql")
 DB_NAME = "platform.duckdb"
+_VIEW = re.compile(r"^\s*CREATE\s+OR\s+REPLACE\s+VIEW\b", re.IGNORECASE | re.MULTILINE)
+# Forbids file access beyond the database (COPY TO, read_csv, ATTACH) and locks that setting.
+SANDBOX = {"enable_external_access": False, "lock_configuration": True}
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot be opened: not a database, or (subclasses) missing or locked throughout."""
+
+
+class StoreMissing(StoreUnavailable, FileNotFoundError):
+    """No database file yet."""
+
+
+class StoreLocked(StoreUnavailable, TimeoutError):
+    """Another process held the file through every retry."""
 
 
 def db_path(results: str | Path) -> Path:
@@ -27,18 +50,20 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text or "conflicting" in text or "being used" in text
 
 
-def connect(path: str | Path, read_only: bool = False, retries: int = 100, wait_s: float = 0.1) -> duckdb.DuckDBPyConnection:
+def connect(path: str | Path, read_only: bool = False, retries: int = 100, wait_s: float = 0.1,
+            config: dict | None = None) -> duckdb.DuckDBPyConnection:
     """Open the database, retrying while another process holds its lock (about 10 s by default)."""
     last: Exception | None = None
     for _ in range(retries):
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            return duckdb.connect(str(path), read_only=read_only, config=config or {})
         except (duckdb.IOException, duckdb.ConnectionException) as exc:
-            if not _is_lock_error(exc):
-                raise
+            if not _is_lock_error(exc):  # not a writer's lock: retrying will not help
+                raise StoreUnavailable(f"cannot open results database {path}: {exc}") from exc
             last = exc
             time.sleep(wait_s)
-    raise TimeoutError(f"{path}: still locked by another process after {retries * wait_s:.0f} s ({last})")
+    raise StoreLocked(f"{path}: still locked by another process through {retries} attempts "
+                      f"({retries * wait_s:.0f} s); retry in a moment ({last})")
 
 
 @contextmanager
@@ -58,28 +83,57 @@ def writer(results: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
         con.close()
 
 
-def _read_only(results_or_db: str | Path) -> duckdb.DuckDBPyConnection:
+@lru_cache(maxsize=4)
+def _temp_views(schema: str, mtime_ns: int) -> tuple[str, ...]:
+    """The CREATE OR REPLACE VIEW statements of ``schema``, as temporary views, in file order."""
+    return tuple(_VIEW.sub("CREATE OR REPLACE TEMP VIEW", s.query, count=1)
+                 for s in duckdb.extract_statements(Path(schema).read_text()) if _VIEW.search(s.query))
+
+
+def define_views(con: duckdb.DuckDBPyConnection) -> None:
+    """Define schema.sql's views on ``con`` as temporary views (they shadow the file's own)."""
+    for statement in _temp_views(str(SCHEMA), SCHEMA.stat().st_mtime_ns):
+        try:
+            con.execute(statement)
+        except (duckdb.CatalogException, duckdb.BinderException):
+            pass  # a file without the tables a view reads (never written): its own views, if any, stay
+
+
+def read_only(results_or_db: str | Path, retries: int = 100, wait_s: float = 0.1,
+              sandbox: bool = False) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the store (a results folder or its .duckdb file) with the views
+    of schema.sql; ``sandbox`` also forbids file access (:data:`SANDBOX`), for text a user typed."""
     path = Path(results_or_db)
     if path.is_dir():
         path = db_path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no results database yet (run a sweep, or python -m platform.ingest)")
-    return connect(path, read_only=True)
+    if not path.is_file():
+        raise StoreMissing(f"{path}: no results database yet (run a sweep, or python -m platform.ingest)")
+    con = connect(path, read_only=True, retries=retries, wait_s=wait_s, config=SANDBOX if sandbox else None)
+    try:
+        define_views(con)
+    except BaseException:
+        con.close()
+        raise
+    return con
 
 
-def query_df(results_or_db: str | Path, sql: str, params: list | None = None):
+@contextmanager
+def reading(results_or_db: str | Path, **open_kw) -> Iterator[duckdb.DuckDBPyConnection]:
+    """:func:`read_only`, closed on leaving the block so a writer is never kept waiting."""
+    con = read_only(results_or_db, **open_kw)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def query_df(results_or_db: str | Path, sql: str, params: list | None = None, **open_kw):
     """Run one read-only query and return a DataFrame (fully fetched: DuckDB 2.x trap)."""
-    con = _read_only(results_or_db)
-    try:
-        return con.execute(sql, params or []).fetchdf()
-    finally:
-        con.close()
+    with reading(results_or_db, **open_kw) as con:
+        return con.execute(sql, list(params or [])).fetchdf()
 
 
-def query_rows(results_or_db: str | Path, sql: str, params: list | None = None) -> list[tuple]:
+def query_rows(results_or_db: str | Path, sql: str, params: list | None = None, **open_kw) -> list[tuple]:
     """Run one read-only query and return its rows as tuples."""
-    con = _read_only(results_or_db)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
+    with reading(results_or_db, **open_kw) as con:
+        return con.execute(sql, list(params or [])).fetchall()

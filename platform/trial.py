@@ -36,8 +36,7 @@ def apply_params(raw: DictConfig, params: dict[str, Any], overrides: list[str], 
     OmegaConf.set_struct(raw, False)
     for key, value in params.items():
         OmegaConf.update(raw, key, value, merge=False)
-    schema = type(app.schema_instance())
-    cfg = validate(raw, schema, tuple(app.RULES))
+    cfg = validate(raw, app.schema, app.rules)
     return TrialSpec(cfg=cfg, raw=raw, params=params, overrides=overrides, study=study, trial=trial)
 
 

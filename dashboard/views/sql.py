@@ -16,7 +16,8 @@ EXAMPLES = {
                               "WHERE gain IS NOT NULL ORDER BY cum_estep_flops",
     "Stage wall time": "SELECT stage, count(*) AS n, sum(wall_s) AS wall_s, sum(gpu_hours) AS gpu_hours\n"
                        "FROM stages GROUP BY stage ORDER BY wall_s DESC",
-    "Tables": "SHOW TABLES",
+    # DISTINCT: the views are listed twice, the file's and the temporary ones the store defines over them
+    "Tables": "SELECT DISTINCT name FROM (SHOW TABLES) ORDER BY name",
 }
 
 st.title("SQL")
@@ -36,7 +37,7 @@ if st.button("Run", type="primary", key="sql_run") and sql.strip():
         st.session_state.sql_result = data.run_user_sql(data.resolve_db_path(), sql)
         st.session_state.sql_error = None
     except data.DatabaseUnavailable as exc:
-        st.session_state.sql_result, st.session_state.sql_error = None, str(exc)
+        st.session_state.sql_result, st.session_state.sql_error = None, data.unavailable_message(exc)
     except duckdb.Error as exc:
         hint = " The dashboard's connection is read-only: nothing was changed." if "read-only" in str(exc) else ""
         st.session_state.sql_result, st.session_state.sql_error = None, f"Query failed: {exc}{hint}"

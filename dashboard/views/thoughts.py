@@ -7,10 +7,7 @@ from dashboard import data, figures
 
 st.title("Thought browser")
 
-estep_runs = data.load(data.ESTEP_RUNS_SQL)
-if estep_runs.empty:
-    st.info("No E-step samples yet: a bootstrap run writes them in its first E-step.")
-    st.stop()
+estep_runs = data.load_estep_runs()
 
 c1, c2, c3 = st.columns([3, 1, 2])
 run_id = c1.selectbox("Run", estep_runs["run_id"].tolist(), key="th_run")

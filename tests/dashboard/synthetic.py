@@ -19,7 +19,8 @@ import numpy as np
 import optuna
 import pandas as pd
 
-SCHEMA = Path(__file__).resolve().parents[2] / "platform" / "schema.sql"
+from platform.store import SCHEMA
+
 STUDY = "em_compute"
 T0 = datetime(2025, 3, 1, 9, 0, 0)
 

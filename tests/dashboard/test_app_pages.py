@@ -147,7 +147,8 @@ def test_missing_database_is_a_clear_message(tmp_path, monkeypatch):
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()
     assert not at.exception
-    assert str(missing) in at.error[0].value and "does not exist" in at.error[0].value
+    message = at.error[0].value
+    assert str(missing) in message and "no results database yet" in message and "--db PATH" in message
 
 
 def test_overview_follows_a_sweep_that_writes_meanwhile(results_db, tmp_path, monkeypatch):

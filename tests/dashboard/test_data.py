@@ -14,6 +14,7 @@ import pytest
 
 from dashboard import data
 from tests.dashboard.synthetic import SCHEMA
+from tests.platform.test_store import OLD_VIEWS
 
 
 def make_db(path, runs=(), stages=(), metrics=()):
@@ -36,7 +37,7 @@ def test_db_path_from_argument_then_environment_then_default():
 
 
 def test_missing_database_names_the_file(tmp_path):
-    with pytest.raises(data.DatabaseUnavailable, match="nope.duckdb does not exist"):
+    with pytest.raises(data.DatabaseUnavailable, match="nope.duckdb: no results database yet"):
         data.connect(tmp_path / "nope.duckdb")
 
 
@@ -60,7 +61,7 @@ def test_open_retries_while_a_writer_holds_the_file(tmp_path):
     db = make_db(tmp_path / "p.duckdb")
     writer = _hold_writer(db, 0.8)
     t0 = time.time()
-    con = data.connect(db, retries=6, wait_s=0.2)  # waits 0.2 + 0.4 + 0.6 ... until the writer is gone
+    con = data.connect(db, retries=10, wait_s=0.2)  # waits 0.2 s at a time until the writer is gone
     assert time.time() - t0 >= 0.2
     con.close()
     writer.wait()
@@ -70,7 +71,7 @@ def test_open_gives_up_with_a_clear_message(tmp_path):
     db = make_db(tmp_path / "p.duckdb")
     writer = _hold_writer(db, 5)
     try:
-        with pytest.raises(data.DatabaseUnavailable, match="stayed locked by a writer through 2 attempts"):
+        with pytest.raises(data.DatabaseUnavailable, match="still locked by another process through 2 attempts"):
             data.connect(db, retries=2, wait_s=0.05)
     finally:
         writer.kill()
@@ -113,10 +114,12 @@ def test_iterations_table_sums_compute_up_to_each_iteration(tmp_path):
     assert t.loc[0, "train_tokens"] == 100 and t.loc[1, "train_tokens"] == 200
     assert t.loc[0, "flops"] == 11.0 and t.loc[1, "flops"] == 37.0  # iteration 2's E-step not yet
     assert t.loc[1, "gpu_hours"] == pytest.approx(3.7)
-    assert t.loc[1, "estep_flops"] == 5.0 and math.isnan(t.loc[0, "estep_flops"])
     assert math.isnan(t.loc[1, "elbo_1"])  # an E-step metric, not an eval one
     # swept value from params wins; unswept ones fall back to the resolved config
     assert t.loc[1, "estep.num_samples"] == 8 and t.loc[1, "estep.max_thought_tokens"] == 64
+    # E-step compute up to the iteration: the store's gain_vs_estep_compute view (iteration 2's not yet)
+    (point,) = data.run_query(db, data.PARETO_SQL).itertuples()
+    assert (point.iteration, point.cum_estep_flops, point.accuracy) == (1, 5.0, 0.35)
 
 
 def frame(rows, cols=("run_id", "experiment", "kind", "baseline", "seed", "params", "iteration", "accuracy", "x")):
@@ -196,3 +199,48 @@ def test_optuna_storage_never_creates_a_journal(tmp_path):
     (tmp_path / "optuna").mkdir()
     (tmp_path / "optuna" / "s.journal").write_text("")
     assert data.optuna_storage(db, "s") is not None
+
+
+EVAL_ROWS = [("b1", 1, "eval", "accuracy", 0, 0.5), ("b1", 1, "eval", "accuracy", 5, 0.4),
+             ("b1", 1, "eval", "nll", 0, 3.0), ("b1", 1, "eval", "nll", 5, 2.5)]
+BOOT_RUN = ("b1", "bootstrap", "bootstrap", 0, "{}", "{}")
+
+
+def test_the_iterations_page_reads_the_view_schema_sql_defines(tmp_path, monkeypatch):
+    """The page's query builds on the store's `iterations` view: change the view in schema.sql and
+    the page shows the change, in a store written with the old definition."""
+    from platform import store
+
+    db = make_db(tmp_path / "p.duckdb", runs=[BOOT_RUN], metrics=EVAL_ROWS)
+    before = data.run_query(db, data.ITERATIONS_SQL)
+    assert (before["accuracy"].item(), before["nll"].item()) == (0.4, 2.5)  # the last step's, not the max
+    changed = tmp_path / "schema.sql"
+    text = store.SCHEMA.read_text()
+    assert text.count("arg_max(m.value, m.step) FILTER (WHERE m.name = 'accuracy')") == 1
+    changed.write_text(text.replace("arg_max(m.value, m.step) FILTER (WHERE m.name = 'accuracy')",
+                                    "arg_min(m.value, m.step) FILTER (WHERE m.name = 'accuracy')"))
+    monkeypatch.setattr(store, "SCHEMA", changed)
+    after = data.run_query(db, data.ITERATIONS_SQL)
+    assert (after["accuracy"].item(), after["nll"].item()) == (0.5, 2.5)  # now the first step's
+
+
+def test_every_page_query_works_on_a_store_written_before_the_views_changed(tmp_path):
+    db = make_db(tmp_path / "p.duckdb", runs=[BOOT_RUN], metrics=EVAL_ROWS,
+                 stages=[("b1", "estep", 1, 7, 5.0, 0.5), ("b1", "mstep", 1, 100, 20.0, 2.0)])
+    con = duckdb.connect(str(db))
+    con.execute(OLD_VIEWS)
+    assert con.execute("SELECT accuracy FROM iterations").fetchall() == [(0.5,)]  # the old definition
+    con.close()
+    t = data.run_query(db, data.ITERATIONS_SQL)
+    assert (t["accuracy"].item(), t["nll"].item(), t["flops"].item()) == (0.4, 2.5, 25.0)
+    assert math.isnan(t["thought_tokens_mean"].item())  # a column the old view lacked
+    assert data.run_query(db, data.PARETO_SQL)["accuracy"].tolist() == [0.4]
+    assert data.run_user_sql(db, "SELECT mean_accuracy FROM accuracy_by_iteration")["mean_accuracy"].tolist() == [0.4]
+    for sql, params in [(data.RUNS_SQL, ()), (data.STUDIES_SQL, ()), (data.TRIALS_SQL, ()),
+                        (data.ESTEP_METRICS_SQL, ("b1",)), (data.SHARDS_SQL, ("b1",)), (data.ESTEP_RUNS_SQL, ()),
+                        (data.ESTEP_SAMPLES_SQL, ("b1", 10)), (data.DOC_IDS_SQL, ("b1", 1, "%")),
+                        (data.DOC_SAMPLES_SQL, ("b1", 1, "d"))]:
+        data.run_query(db, sql, params)
+    ro = duckdb.connect(str(db), read_only=True)  # the dashboard changed nothing in the file
+    assert ro.execute("SELECT accuracy FROM iterations").fetchall() == [(0.5,)]
+    ro.close()

@@ -136,3 +136,71 @@ def test_reuse_counts_land_in_stages_and_shards_of_a_store_upgraded_in_place(tmp
         ("new", 8, 3, 5, 1, 2, 100.0, 40.0), ("old", None, None, None, None, None, 1.0, None)]
     assert query_rows(res, f"select shard, {cols} from shards order by shard") == [
         (0, 4, None, None, None, None, None, None), (1, 8, 3, 5, 1, 2, 100.0, 40.0)]
+
+
+METRICS = [("r", 1, "eval", "accuracy", 0, 0.5), ("r", 1, "eval", "accuracy", 10, 0.4),
+           ("r", 1, "eval", "nll", 0, 2.0), ("r", 1, "eval", "nll", 10, 3.0),
+           ("r", 1, "eval", "thought_tokens_mean", 0, 7.0),
+           ("r", 1, "mstep", "accuracy", 20, 0.9)]  # not an eval metric
+
+
+def _fill(con):
+    con.execute("insert into runs (run_id, experiment, kind, seed) values ('r', 'e', 'bootstrap', 0)")
+    con.executemany("insert into metrics (run_id, iteration, stage, name, step, value) values (?, ?, ?, ?, ?, ?)", METRICS)
+
+
+def test_iterations_view_reports_each_eval_metric_at_its_last_step(tmp_path):
+    with writer(tmp_path) as con:
+        _fill(con)
+    assert query_rows(tmp_path, "select iteration, accuracy, nll, thought_tokens_mean from iterations") == [(1, 0.4, 3.0, 7.0)]
+    assert query_rows(tmp_path, "select n_runs, mean_accuracy from accuracy_by_iteration") == [(1, 0.4)]
+
+
+# The `iterations` view as the previous version wrote it into every store: the max over steps, no
+# thought_tokens_mean (the views built on it read whichever `iterations` the connection has).
+OLD_VIEWS = """
+CREATE OR REPLACE VIEW iterations AS
+SELECT r.run_id, r.experiment, r.kind, r.study, r.trial, r.seed, m.iteration,
+       max(CASE WHEN m.name = 'accuracy' THEN m.value END) AS accuracy,
+       max(CASE WHEN m.name = 'nll' THEN m.value END) AS nll,
+       max(CASE WHEN m.name = 'elbo_1' THEN m.value END) AS elbo_1,
+       max(CASE WHEN m.name = 'elbo_2' THEN m.value END) AS elbo_2,
+       max(CASE WHEN m.name = 'elbo_4' THEN m.value END) AS elbo_4
+FROM runs r JOIN metrics m USING (run_id)
+WHERE m.stage = 'eval'
+GROUP BY ALL;
+"""
+
+
+def _file_views(results):
+    """The file's own views, read without the store's helpers (which define schema.sql's over them)."""
+    con = duckdb.connect(str(db_path(results)), read_only=True)
+    try:
+        return con.execute("select accuracy, nll from iterations").fetchall()
+    finally:
+        con.close()
+
+
+def test_a_store_with_the_previous_views_is_read_with_the_current_ones_and_upgraded_on_write(tmp_path):
+    with writer(tmp_path) as con:
+        _fill(con)
+        con.execute(OLD_VIEWS)
+    assert _file_views(tmp_path) == [(0.5, 3.0)]  # what the previous version's view says
+    sql = "select accuracy, nll, thought_tokens_mean from iterations"
+    # readers (platform.query, the dashboard) get schema.sql's views without changing the file ...
+    assert query_rows(tmp_path, sql) == [(0.4, 3.0, 7.0)]
+    assert query_rows(tmp_path, "select mean_accuracy from accuracy_by_iteration") == [(0.4,)]
+    assert _file_views(tmp_path) == [(0.5, 3.0)]
+    # ... and the next write (an ingest) replaces the file's views in place
+    with writer(tmp_path):
+        pass
+    assert _file_views(tmp_path) == [(0.4, 3.0)]
+    con = duckdb.connect(str(db_path(tmp_path)), read_only=True)
+    assert con.execute(sql).fetchall() == [(0.4, 3.0, 7.0)]
+    assert con.execute("select iteration, accuracy, gain from gain_vs_estep_compute").fetchall() == [(1, 0.4, 0.0)]
+    con.close()
+
+
+def test_a_database_file_without_tables_still_answers_queries(tmp_path):
+    duckdb.connect(str(db_path(tmp_path))).close()  # not written by the store: none of the tables the views read
+    assert query_rows(tmp_path, "select 42") == [(42,)]
