@@ -177,3 +177,40 @@ def test_on_cap_stop_stops_running_trials_and_counts_their_spend(tmp_path):
     assert len(states) == 2 and all(s == "FAIL" and "SweepStopped" in e and "budget" in e for s, e in states)
     spend = _q(res, "select spend_flops from studies")[0][0]
     assert spend >= 1201  # both first M-steps and the prepare stage, though the trials were stopped
+
+
+def _toy_run(res: Path, *args: str) -> dict:
+    out = run_cli("platform.run", f"paths.results={res}", *args, env=TOY_ENV, check=True)
+    return json.loads(out.stdout[out.stdout.index("{"):])
+
+
+def test_from_run_reproduces_a_run_as_a_cache_hit_and_force_recomputes_only_what_follows(tmp_path):
+    res = tmp_path / "r"
+    first = _toy_run(res, "work.x=0.4")
+    calls = len(_calls(res))
+    again = _toy_run(res, f"from_run={first['run_id']}")
+    assert again["run_id"] == first["run_id"] and again["accuracy"] == first["accuracy"]
+    assert len(_calls(res)) == calls  # a full cache hit
+    ledger = [json.loads(x) for x in (res / "runs" / first["run_id"] / "stages.jsonl").read_text().splitlines()]
+    done = [e for e in ledger if e["status"] == "completed"]
+    assert len(done) == 10 and all(e["cached"] for e in done[5:]) and not any(e["cached"] for e in done[:5])
+
+    old_eval = sorted(p.name for p in (res / "artifacts" / "eval").iterdir())
+    forced = _toy_run(res, f"from_run={first['run_id']}", "force=eval")
+    assert forced["run_id"] != first["run_id"] and forced["rerun_of"] == first["run_id"]
+    assert forced["accuracy"] == first["accuracy"]
+    new_calls = [c["stage"] for c in _calls(res)[calls:]]
+    assert new_calls == ["score", "score"]  # the two evals, nothing before them
+    now_eval = sorted(p.name for p in (res / "artifacts" / "eval").iterdir())
+    assert set(old_eval) < set(now_eval)  # new folders beside the old ones, which are untouched
+    meta = json.loads((res / "runs" / forced["run_id"] / "run.json").read_text())
+    assert meta["rerun_of"] == first["run_id"] and meta["forced"] == ["eval"]
+
+
+def test_from_run_names_what_is_wrong(tmp_path):
+    out = run_cli("platform.run", f"paths.results={tmp_path}", "from_run=nope", env=TOY_ENV)
+    assert out.returncode == 2 and "from_run: 'nope' is not a run folder" in out.stderr
+    res = tmp_path / "r"
+    first = _toy_run(res)
+    out = run_cli("platform.run", f"paths.results={res}", f"from_run={first['run_id']}", "force=teacher", env=TOY_ENV)
+    assert out.returncode == 2 and "force: teacher names no stage of this run" in out.stderr
