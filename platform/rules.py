@@ -16,7 +16,7 @@ _MISSING = "__missing__"
 
 
 RANGES = {"sweep.n_trials": (1, None), "sweep.parallel": (1, None), "launcher.max_parallel_jobs": (1, None),
-          "launcher.max_num_timeout": (0, None)}
+          "launcher.max_num_timeout": (0, None), "sweep.heartbeat_interval": (1, None), "sweep.grace_period": (1, None)}
 CHOICES = {"launcher.name": ("debug", "local", "slurm"), "sweep.sampler": ("tpe", "random", "grid", "nsga2"),
            "sweep.pruner": ("median", "none")}
 
@@ -25,6 +25,10 @@ def _table(cfg: DictConfig) -> list[str]:
     p = check_table(cfg, RANGES, CHOICES)
     for i, _ in enumerate(OmegaConf.select(cfg, "sweep.objectives") or []):
         p += one_of(cfg, f"sweep.objectives.{i}.direction", ("maximize", "minimize"))
+    beat, grace = OmegaConf.select(cfg, "sweep.heartbeat_interval"), OmegaConf.select(cfg, "sweep.grace_period")
+    if isinstance(beat, int) and isinstance(grace, int) and 1 <= beat and grace <= beat:
+        # a heartbeat recorded a little late must not make a live driver's trial look dead
+        p.append(f"sweep.grace_period: must exceed sweep.heartbeat_interval ({beat}), got {grace}")
     return p
 
 
