@@ -25,11 +25,19 @@ def _table(cfg: DictConfig) -> list[str]:
     p = check_table(cfg, RANGES, CHOICES)
     for i, _ in enumerate(OmegaConf.select(cfg, "sweep.objectives") or []):
         p += one_of(cfg, f"sweep.objectives.{i}.direction", ("maximize", "minimize"))
-    beat, grace = OmegaConf.select(cfg, "sweep.heartbeat_interval"), OmegaConf.select(cfg, "sweep.grace_period")
+    return p + _heartbeat(cfg)
+
+
+def _heartbeat(cfg: DictConfig) -> list[str]:
+    from platform.config import SweepConfig
+
+    default = SweepConfig()  # a field no YAML sets is absent here: its default holds
+    beat = OmegaConf.select(cfg, "sweep.heartbeat_interval", default=default.heartbeat_interval)
+    grace = OmegaConf.select(cfg, "sweep.grace_period", default=default.grace_period)
     if isinstance(beat, int) and isinstance(grace, int) and 1 <= beat and grace <= beat:
         # a heartbeat recorded a little late must not make a live driver's trial look dead
-        p.append(f"sweep.grace_period: must exceed sweep.heartbeat_interval ({beat}), got {grace}")
-    return p
+        return [f"sweep.grace_period: must exceed sweep.heartbeat_interval ({beat}), got {grace}"]
+    return []
 
 
 def _space(cfg: DictConfig, schema: type) -> list[str]:
