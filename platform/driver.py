@@ -21,7 +21,7 @@ import sys
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,14 +29,16 @@ import optuna
 from optuna.trial import TrialState
 
 from platform.app import App, load_app
+from platform.budget import STOP_ATTR, SPEND_ATTR, Spend, exceeded, stage_gpu_hours
 from platform.compose import Composed, to_dict
 from platform.ingest import Ingester
 from platform.ingest_queue import request_run, request_study
 from platform.live import LiveView
 from platform.multidriver import SharedStudy, heartbeat_of, retry_stale
-from platform.orchestrator import Orchestrator, Progress, ReportFn
+from platform.orchestrator import Orchestrator, Progress, ReportFn, SweepStopped
 from platform.plan import describe
 from platform.references import reference_specs
+from platform.replicates import SeedReports, aggregate
 from platform.rundir import RunDir
 from platform.study import build_sampler, name_metrics, open_study, suggest
 from platform.trial import apply_params, run_id_for, run_trial
@@ -130,6 +132,7 @@ class _Sweep:
     results: Path
     storage_label: str
     orch: Orchestrator
+    spend: Spend = field(default_factory=Spend)
 
     @property
     def cfg(self) -> Any:
@@ -140,6 +143,7 @@ class _Sweep:
         return [o.metric for o in self.cfg.sweep.objectives]
 
     def ingest_study(self) -> None:
+        self.study.set_user_attr(SPEND_ATTR, self.spend.as_dict())
         request_study(self.results, self.name, self.cfg.experiment.name, self.storage_label)
 
 
@@ -183,35 +187,65 @@ def _note_duplicate(study: optuna.Study, trial: optuna.Trial, run_id: str) -> No
 
 
 def _one_trial(sweep: _Sweep, trial: optuna.Trial, params: dict[str, Any]) -> None:
-    """Run one trial's experiment and tell Optuna its outcome; a failed trial does not raise."""
+    """Run one trial's experiment (once per seed of ``sweep.seeds``) and tell Optuna its outcome;
+    a failed trial does not raise."""
     started = time.time()
+    seeds = list(sweep.cfg.sweep.seeds or [])
     composed = sweep.composed
-    spec = apply_params(composed.raw, params, composed.overrides, study=sweep.name, trial=trial.number)
-    run_id = run_id_for(spec)
-    trial.set_user_attr("run_id", run_id)
-    _note_duplicate(sweep.study, trial, run_id)
+    specs = {s: apply_params(composed.raw, {**params, **({"seed": s} if s is not None else {})}, composed.overrides,
+                             study=sweep.name, trial=trial.number) for s in (seeds or [None])}
+    run_ids = [run_id_for(spec) for spec in specs.values()]
+    trial.set_user_attr("run_id", run_ids[0])
+    if seeds:
+        trial.set_user_attr("seeds", seeds)
+        trial.set_user_attr("run_ids", run_ids)
+    _note_duplicate(sweep.study, trial, run_ids[0])
 
     def finish(values: Any = None, state: Any = None) -> None:
-        trial.set_user_attr("cache_hit", _all_cached(sweep.results, run_id, started))
+        trial.set_user_attr("cache_hit", all(_all_cached(sweep.results, r, started) for r in run_ids))
         _tell(sweep.study, trial, values, state=state)
 
     objectives = sweep.objectives
     try:
-        _, metrics = run_trial(spec, sweep.orch, _pruning_report(trial, objectives))
+        per_seed = _run_seeds(sweep, trial, specs)
     except optuna.TrialPruned:
         finish(state=TrialState.PRUNED)
+    except SweepStopped as exc:
+        trial.set_user_attr("stopped", str(exc))
+        trial.set_user_attr("error", f"SweepStopped: {exc}")
+        finish(state=TrialState.FAIL)
     except Exception as exc:  # noqa: BLE001 - a failed trial must not stop the sweep
         trial.set_user_attr("error", "".join(traceback.format_exception_only(type(exc), exc)).strip()[-4000:])
         finish(state=TrialState.FAIL)
         print(f"[sweep] trial {trial.number} failed: {exc}", file=sys.stderr)
     else:
-        missing = [m for m in objectives if m not in metrics]
+        missing = sorted({m for metrics in per_seed.values() for m in objectives if m not in metrics})
         if missing:
-            trial.set_user_attr("error", f"objective metric(s) {missing} not produced; got {sorted(metrics)}")
+            got = sorted(next(iter(per_seed.values())))
+            trial.set_user_attr("error", f"objective metric(s) {missing} not produced; got {got}")
             finish(state=TrialState.FAIL)
         else:
-            finish([metrics[m] for m in objectives])
+            result = aggregate(objectives, per_seed)
+            for key, value in (result["user_attrs"].items() if seeds else ()):
+                trial.set_user_attr(key, value)
+            finish(result["values"])
     sweep.ingest_study()
+
+
+def _run_seeds(sweep: _Sweep, trial: optuna.Trial, specs: dict[Optional[int], Any]) -> dict[Any, dict[str, float]]:
+    """Each seed's run side by side; the trial is pruned (every seed stops) on the mean over seeds."""
+    if list(specs) == [None]:
+        return {None: run_trial(specs[None], sweep.orch, _pruning_report(trial, sweep.objectives))[1]}
+    reports = SeedReports(trial, sweep.objectives, list(specs))
+    with ThreadPoolExecutor(max_workers=len(specs)) as pool:
+        futures = {s: pool.submit(run_trial, spec, sweep.orch, reports.for_seed(s)) for s, spec in specs.items()}
+        wait(list(futures.values()))
+    errors = [f.exception() for f in futures.values() if f.exception() is not None]
+    if any(isinstance(e, optuna.TrialPruned) for e in errors):
+        raise optuna.TrialPruned(f"pruned after iteration {reports.pruned_at} (mean over seeds {list(specs)})")
+    if errors:
+        raise errors[0]
+    return {s: f.result()[1] for s, f in futures.items()}
 
 
 def _target(study: optuna.Study, cfg: Any) -> int:
@@ -233,22 +267,42 @@ def _start_references(sweep: _Sweep, references: list[tuple[str, Any]]) -> tuple
 
 def _run_trials(sweep: _Sweep, target: int, shared: SharedStudy) -> None:
     """Ask/tell with up to ``sweep.parallel`` trials in flight until the study holds ``target``
-    (counting other drivers' trials too, ``platform.multidriver``)."""
+    (counting other drivers' trials too, ``platform.multidriver``), or until the budget is spent."""
     parallel, space = sweep.cfg.sweep.parallel, sweep.cfg.sweep.search_space
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         running: set[Future] = set()
+        capped = False
         while True:
+            capped = capped or _budget_reached(sweep, len(running))
             # params drawn here, not in the worker: the next ask sees this trial's params
-            for trial, params in shared.ask(parallel - len(running), target, space):
+            for trial, params in [] if capped else shared.ask(parallel - len(running), target, space):
                 running.add(pool.submit(shared.run, trial, _one_trial, sweep, trial, params))
             if not running:
-                if shared.settled():
+                if capped or shared.settled():
                     break
                 shared.wait()  # another driver's trials run: if it dies, they are retried here
                 continue
-            done, running = wait(running, timeout=shared.poll_s, return_when=FIRST_COMPLETED)
+            done, running = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
             for fut in done:
                 fut.result()
+
+
+def _budget_reached(sweep: _Sweep, running: int) -> bool:
+    """Whether the budget is spent; the first time, say so, record why, and stop running trials
+    if ``on_cap: stop``."""
+    budget = sweep.cfg.sweep.budget
+    reason = exceeded(sweep.spend, budget)
+    if reason is None:
+        return False
+    if sweep.study.user_attrs.get(STOP_ATTR) != reason:
+        sweep.study.set_user_attr(STOP_ATTR, reason)
+        sweep.study.set_user_attr(SPEND_ATTR, sweep.spend.as_dict())
+        then = "stopping" if budget.on_cap == "stop" else "letting finish"
+        print(f"[sweep] budget reached: {reason}; spent {sweep.spend.text()}. Starting no new trial, "
+              f"{then} {running} running.", flush=True)
+        if budget.on_cap == "stop":
+            sweep.orch.stop(reason)
+    return True
 
 
 def run_sweep(composed: Composed) -> optuna.Study:
@@ -260,7 +314,10 @@ def run_sweep(composed: Composed) -> optuna.Study:
     study = _open_sweep_study(cfg, results, name)
     storage_label = cfg.sweep.storage or str(results / "optuna" / f"{name}.journal")
     progress = Progress()
-    sweep = _Sweep(composed, study, name, results, storage_label, _orchestrator(app, cfg, results, progress))
+    sweep = _Sweep(composed, study, name, results, storage_label, _orchestrator(app, cfg, results, progress),
+                   Spend.resumed(study.user_attrs))
+    sweep.orch.on_computed = lambda stage, record, gpus: sweep.spend.add(
+        float((record.get("summary") or {}).get("flops") or 0.0), stage_gpu_hours(stage, results, record, gpus))
     target = _target(study, cfg)
     live = LiveView(study, progress, target, interval_s=cfg.sweep.live_interval_s, finished=_finished)
     live.start()
@@ -280,6 +337,8 @@ def run_sweep(composed: Composed) -> optuna.Study:
         shared.stop()
         sweep.ingest_study()
         ingester.stop()
+    if cfg.sweep.budget.flops or cfg.sweep.budget.gpu_hours or cfg.sweep.budget.wall_clock_h:
+        print(f"[sweep] spent {sweep.spend.text()}", flush=True)
     return study
 
 

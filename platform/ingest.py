@@ -163,6 +163,20 @@ def ingest_runs(results: str | Path, run_ids: Optional[Iterable[str]] = None) ->
         return sum(_ingest_run(con, p) for p in paths)
 
 
+def _spend_columns(attrs: dict[str, Any]) -> dict[str, Any]:
+    """What the study's drivers computed (platform/budget.py) and why the budget stopped it, if it did."""
+    spend = attrs.get("spend") or {}
+    return {"spend_flops": spend.get("flops"), "spend_gpu_hours": spend.get("gpu_hours"),
+            "spend_wall_s": spend.get("wall_s"), "stopped_by_budget": attrs.get("stopped_by_budget")}
+
+
+def _values_se(trial: Any, metric_names: Optional[list[str]]) -> Optional[list[Optional[float]]]:
+    """The standard error of each objective over a trial's replicate seeds (sweep.seeds), else None."""
+    if not trial.user_attrs.get("seeds") or not metric_names:
+        return None
+    return [trial.user_attrs.get(f"{name}_se") for name in metric_names]
+
+
 def ingest_study(results: str | Path, study: Any, experiment: str, storage_label: str) -> None:
     """Mirror an Optuna study's trials (state, params, values, run id, error) into DuckDB."""
     with writer(results) as con:
@@ -177,6 +191,7 @@ def _ingest_study(con: duckdb.DuckDBPyConnection, study: Any, experiment: str, s
         "study": study.study_name, "experiment": experiment, "directions": [d.name.lower() for d in study.directions],
         "storage": storage_label, "created_at": min((t.datetime_start for t in trials if t.datetime_start), default=None),
         "n_trials": len(trials), "metric_names": study.metric_names,
+        **_spend_columns(study.user_attrs),
     })
     for t in trials:
         _insert(con, "trials", {
@@ -184,6 +199,8 @@ def _ingest_study(con: duckdb.DuckDBPyConnection, study: Any, experiment: str, s
             '"values"': t.values, "run_id": t.user_attrs.get("run_id"), "error": t.user_attrs.get("error"),
             "started_at": t.datetime_start, "ended_at": t.datetime_complete,
             "duplicate_of": t.user_attrs.get("duplicate_of"), "cache_hit": t.user_attrs.get("cache_hit"),
+            "seeds": t.user_attrs.get("seeds"), "run_ids": t.user_attrs.get("run_ids"),
+            "values_se": _values_se(t, study.metric_names),
         })
 
 

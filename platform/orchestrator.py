@@ -103,6 +103,10 @@ def _note_earlier_scheme(results: Path) -> None:
               "recomputed (docs/design.md \"Cache keys\")", flush=True)
 
 
+class SweepStopped(RuntimeError):
+    """The sweep stopped this run before its next stage (a spent budget with ``on_cap: stop``)."""
+
+
 class Orchestrator:
     """Runs plans through the launcher ``launcher_cfg`` names (``launchers.build_launcher``).
 
@@ -118,6 +122,9 @@ class Orchestrator:
         self.launcher_cfg = launcher_cfg
         self.launcher = build_launcher(launcher_cfg)
         self.results = Path(results)
+        # called with (stage, its completion record, its GPUs) for every stage computed, not cached
+        self.on_computed: Optional[Callable[[Stage, dict[str, Any], int], None]] = None
+        self.stop_reason: Optional[str] = None
         _note_earlier_scheme(self.results)
         self.progress = progress or Progress()
         self.ingest = ingest or (lambda run_id: None)
@@ -193,6 +200,8 @@ class Orchestrator:
         record = load_record(stage, self.results) or {}
         if not record:
             raise StageFailed(stage, "the job finished but wrote no completion marker")
+        if not cached and self.on_computed is not None:
+            self.on_computed(stage, record, self._gpus(stage))
         run.ledger({"stage": stage.name, "iteration": stage.iteration, "key": stage.key, "status": "completed",
                     "cached": cached, "job_id": ",".join(job_ids) or record.get("job_id"),
                     "artifact_dir": str(stage.out_dir(self.results)), "gpus": self._gpus(stage),
@@ -209,6 +218,8 @@ class Orchestrator:
         final: dict[str, float] = {}
         try:
             for stage in plan.stages:
+                if self.stop_reason:
+                    raise SweepStopped(f"stopped before {stage.display}: {self.stop_reason}")
                 record = self.run_stage(stage, run, _replaced_key(stage, completed, plan_keys))
                 summary = record.get("summary", {})
                 bucket = self.compute_buckets.get(stage.name)
@@ -224,6 +235,12 @@ class Orchestrator:
             self.progress.set(run.run_id, None)
         totals["total_flops"] = sum((totals[b] for b in self.total_buckets), 0.0)
         return {**final, **totals}
+
+    def stop(self, reason: str) -> None:
+        """Start no further stage in any run, and cancel every job in flight."""
+        self.stop_reason = reason
+        for run_id in list(self.active_jobs):
+            self.cancel(run_id)
 
     def cancel(self, run_id: str) -> None:
         jobs = self.active_jobs.get(run_id)

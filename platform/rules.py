@@ -16,13 +16,17 @@ _MISSING = "__missing__"
 
 
 RANGES = {"sweep.n_trials": (1, None), "sweep.parallel": (1, None), "launcher.max_parallel_jobs": (1, None),
-          "launcher.max_num_timeout": (0, None), "sweep.heartbeat_interval": (1, None), "sweep.grace_period": (1, None)}
+          "launcher.max_num_timeout": (0, None), "sweep.budget.flops": (0.0, None), "sweep.budget.gpu_hours": (0.0, None),
+          "sweep.budget.wall_clock_h": (0.0, None), "sweep.heartbeat_interval": (1, None), "sweep.grace_period": (1, None)}
 CHOICES = {"launcher.name": ("debug", "local", "slurm"), "sweep.sampler": ("tpe", "random", "grid", "nsga2"),
-           "sweep.pruner": ("median", "none")}
+           "sweep.pruner": ("median", "none"), "sweep.budget.on_cap": ("finish", "stop")}
 
 
 def _table(cfg: DictConfig) -> list[str]:
     p = check_table(cfg, RANGES, CHOICES)
+    if OmegaConf.select(cfg, "sweep.seeds") and "seed" in (OmegaConf.select(cfg, "sweep.search_space") or {}):
+        p.append("sweep.seeds: replicate seeds set the run seed of every trial, so sweep.search_space.seed cannot "
+                 "also draw it; drop one of them")
     for i, _ in enumerate(OmegaConf.select(cfg, "sweep.objectives") or []):
         p += one_of(cfg, f"sweep.objectives.{i}.direction", ("maximize", "minimize"))
     return p + _heartbeat(cfg)

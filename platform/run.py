@@ -3,6 +3,7 @@
     python -m platform.run experiment=bootstrap
     python -m platform.run experiment=raw_baseline seed=1
     python -m platform.run experiment=bootstrap dry_run=true
+    python -m platform.run from_run=<run_id> [force=eval,...]   (platform/rerun.py)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 from platform.app import load_app
-from platform.cli import main_guard
+from platform.cli import guarded, main_guard, restore_default_sigint
 from platform.compose import Composed, to_dict
 from platform.ingest import ingest_runs
 from platform.orchestrator import Orchestrator
@@ -35,5 +36,21 @@ def run(composed: Composed) -> int:
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    from platform.rerun import parse, rerun_main
+    from platform.validate import ConfigError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        rerun = parse(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if rerun is None:
+        return main_guard(run, argv)
+    restore_default_sigint()
+    return guarded(lambda: rerun_main(rerun))
+
+
 if __name__ == "__main__":
-    sys.exit(main_guard(run))
+    sys.exit(main())

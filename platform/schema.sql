@@ -87,3 +87,13 @@ WITH estep AS (
 SELECT i.run_id, i.kind, i.iteration, r.params, c.cum_estep_flops, i.accuracy,
        i.accuracy - first_value(i.accuracy) OVER (PARTITION BY i.run_id ORDER BY i.iteration) AS gain
 FROM iterations i JOIN runs r USING (run_id) LEFT JOIN cum c USING (run_id, iteration);
+-- Replicate seeds (sweep.seeds): a trial ran once per seed; "values" are the means over them,
+-- values_se their standard errors (objective order), run_ids the runs (seed order).
+ALTER TABLE trials ADD COLUMN IF NOT EXISTS seeds INTEGER[];
+ALTER TABLE trials ADD COLUMN IF NOT EXISTS run_ids VARCHAR[];
+ALTER TABLE trials ADD COLUMN IF NOT EXISTS values_se DOUBLE[];
+-- Compute spent by the study's drivers (every stage computed, not cached) and why a budget stopped it.
+ALTER TABLE studies ADD COLUMN IF NOT EXISTS spend_flops DOUBLE;
+ALTER TABLE studies ADD COLUMN IF NOT EXISTS spend_gpu_hours DOUBLE;
+ALTER TABLE studies ADD COLUMN IF NOT EXISTS spend_wall_s DOUBLE;
+ALTER TABLE studies ADD COLUMN IF NOT EXISTS stopped_by_budget VARCHAR;

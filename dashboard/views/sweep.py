@@ -88,6 +88,19 @@ else:
         else:
             st.plotly_chart(fig, key=f"sw_{title}")
 
+replicates = data.load_optional(data.REPLICATE_TRIALS_SQL, study_name)  # stores before sweep.seeds lack the columns
+if not replicates.empty:
+    names = list(row["metric_names"]) if row.get("metric_names") is not None else ["objective 0"]
+    table = data.replicate_table(replicates, names)
+    st.subheader(f"Trials over replicate seeds ({int(table['seeds'].max())} seeds each): mean ± standard error")
+    for i, name in enumerate(names):
+        st.plotly_chart(figures.replicate_values(table, name), key=f"sw_rep_{i}")
+    if {"accuracy", "estep_flops"} <= set(names):
+        front = data.pareto_mask(table["estep_flops"], table["accuracy"])
+        st.plotly_chart(figures.pareto_front(table, "estep_flops", "accuracy", front, "E-step FLOPs", "accuracy",
+                                             x_err="estep_flops_se", y_err="accuracy_se"), key="sw_rep_pareto")
+    st.dataframe(table, hide_index=True)
+
 st.subheader("Pareto front: accuracy vs E-step compute")
 points = data.load(data.PARETO_SQL)
 if study_name in set(points["study"].dropna()):

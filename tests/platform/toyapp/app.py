@@ -120,7 +120,9 @@ def score(ctx: Any) -> dict:
     _log(ctx, "score")
     _fresh_metrics(ctx)
     x, it = ctx.params["x"], ctx.iteration
-    ctx.write_metrics([{"name": "accuracy", "step": 0, "value": 1 - (x - 0.3) ** 2 + 0.01 * it}])
+    # the run seed moves the score a little, so replicate seeds have a standard error to show
+    value = 1 - (x - 0.3) ** 2 + 0.01 * it + 0.001 * ctx.params.get("seed", 0)
+    ctx.write_metrics([{"name": "accuracy", "step": 0, "value": value}])
     return {"tokens_in": 0, "tokens_out": 0, "flops": 1.0}
 
 
@@ -140,7 +142,8 @@ def build_plan(cfg: Any) -> Plan:
                                      merge_fn="tests.platform.toyapp.app:merge")
         model = Stage(pre + "mstep", "tests.platform.toyapp.app:train",
                       {k: w[k] for k in ("sleep_s", "fail_at", "nan_at", "x")}, inputs, iteration=it)
-        ev = Stage(pre + "eval", "tests.platform.toyapp.app:score", {"x": w["x"]}, {"model": model}, iteration=it)
+        score_params = {"x": w["x"], **({"seed": cfg.seed} if cfg.seed else {})}
+        ev = Stage(pre + "eval", "tests.platform.toyapp.app:score", score_params, {"model": model}, iteration=it)
         reports.append(ev)
     return Plan("toy", toposort(reports), reports)
 
