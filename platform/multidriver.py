@@ -81,8 +81,9 @@ class SharedStudy:
 
     @property
     def poll_s(self) -> Optional[float]:
-        """How often a waiting driver looks again for stale trials; None: no need to look."""
-        return None if self.heartbeat is None else float(self.heartbeat)
+        """How often a driver with nothing to ask looks again (for stale trials, for the end of the
+        others' trials); None: no need to look."""
+        return None if self.heartbeat is None else float(min(self.heartbeat, 5))
 
     def _beat(self, trial_ids: list[int]) -> None:
         for trial_id in trial_ids:

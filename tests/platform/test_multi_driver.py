@@ -33,7 +33,7 @@ def _skip_reason() -> str | None:
     try:
         psycopg.connect(URL, connect_timeout=5).close()
     except psycopg.Error as exc:
-        return f"PostgreSQL at {URL} does not answer: {str(exc).strip()} (scripts/postgres/start.sh)"
+        return f"PostgreSQL at {URL} does not answer: {' '.join(str(exc).split())} (scripts/postgres/start.sh)"
     return None
 
 
