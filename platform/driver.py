@@ -210,11 +210,13 @@ def _one_trial(sweep: _Sweep, trial: optuna.Trial, params: dict[str, Any]) -> No
         per_seed = _run_seeds(sweep, trial, specs)
     except optuna.TrialPruned:
         finish(state=TrialState.PRUNED)
-    except SweepStopped as exc:
-        trial.set_user_attr("stopped", str(exc))
-        trial.set_user_attr("error", f"SweepStopped: {exc}")
-        finish(state=TrialState.FAIL)
     except Exception as exc:  # noqa: BLE001 - a failed trial must not stop the sweep
+        if isinstance(exc, SweepStopped) or sweep.orch.stop_reason:  # stopped, or its job cancelled by the stop
+            reason = str(exc) if isinstance(exc, SweepStopped) else f"jobs cancelled: {sweep.orch.stop_reason}"
+            trial.set_user_attr("stopped", reason)
+            trial.set_user_attr("error", f"SweepStopped: {reason}")
+            finish(state=TrialState.FAIL)
+            return sweep.ingest_study()
         trial.set_user_attr("error", "".join(traceback.format_exception_only(type(exc), exc)).strip()[-4000:])
         finish(state=TrialState.FAIL)
         print(f"[sweep] trial {trial.number} failed: {exc}", file=sys.stderr)
@@ -287,6 +289,12 @@ def _run_trials(sweep: _Sweep, target: int, shared: SharedStudy) -> None:
                 fut.result()
 
 
+def _computed_flops(summary: dict[str, Any]) -> float:
+    """What a stage computed: ``flops_computed`` where it reports reuse (the E-step's sample store),
+    else ``flops``, the cost of its result."""
+    return float(summary.get("flops_computed", summary.get("flops")) or 0.0)
+
+
 def _budget_reached(sweep: _Sweep, running: int) -> bool:
     """Whether the budget is spent; the first time, say so, record why, and stop running trials
     if ``on_cap: stop``."""
@@ -317,7 +325,7 @@ def run_sweep(composed: Composed) -> optuna.Study:
     sweep = _Sweep(composed, study, name, results, storage_label, _orchestrator(app, cfg, results, progress),
                    Spend.resumed(study.user_attrs))
     sweep.orch.on_computed = lambda stage, record, gpus: sweep.spend.add(
-        float((record.get("summary") or {}).get("flops") or 0.0), stage_gpu_hours(stage, results, record, gpus))
+        _computed_flops(record.get("summary") or {}), stage_gpu_hours(stage, results, record, gpus))
     target = _target(study, cfg)
     live = LiveView(study, progress, target, interval_s=cfg.sweep.live_interval_s, finished=_finished)
     live.start()

@@ -31,6 +31,9 @@ from platform.stage import MARKER
 from platform.store import transaction, writer, writer_lock, writing
 
 RUN_TABLES = ("runs", "stages", "shards", "metrics", "estep_samples")
+# what of a stage's compute it did now and what it reused (the E-step's sample store); NULL where a
+# summary has none
+REUSE_FIELDS = ("tokens_generated", "tokens_reused", "samples_drawn", "samples_reused", "flops_computed")
 
 
 def _ts(t: Optional[float]) -> Optional[datetime]:
@@ -116,7 +119,7 @@ def _ingest_stage(con: duckdb.DuckDBPyConnection, run_id: str, entry: dict[str, 
         "ended_at": _ts(record.get("ended_at")), "wall_s": wall, "tokens_in": summary.get("tokens_in"),
         "tokens_out": summary.get("tokens_out"), "flops": summary.get("flops"),
         "gpu_hours": (wall or 0) * gpus / 3600.0, "artifact_dir": str(art),
-        "model_key": model_key, "model_path": model_path,
+        "model_key": model_key, "model_path": model_path, **{k: summary.get(k) for k in REUSE_FIELDS},
     })
     if entry.get("status") != "completed":
         return 1
@@ -137,7 +140,7 @@ def _ingest_stage(con: duckdb.DuckDBPyConnection, run_id: str, entry: dict[str, 
             "shard": shard.get("shard_index"), "job_id": shard.get("job_id"), "host": shard.get("host"),
             "started_at": _ts(shard.get("started_at")), "ended_at": _ts(shard.get("ended_at")),
             "wall_s": shard.get("wall_s"), "tokens_in": part.get("tokens_in"), "tokens_out": part.get("tokens_out"),
-            "flops": part.get("flops"), "cached": entry.get("cached"),
+            "flops": part.get("flops"), "cached": entry.get("cached"), **{k: part.get(k) for k in REUSE_FIELDS},
         })
     samples = art / "estep_samples.parquet"
     if samples.exists():

@@ -56,6 +56,20 @@ CREATE TABLE IF NOT EXISTS shards (
 );
 -- The shards of a stage the run got from the cache: not compute this run spent (as stages.cached).
 ALTER TABLE shards ADD COLUMN IF NOT EXISTS cached BOOLEAN;
+-- The E-step's sample store: tokens_in / tokens_out / flops stay what the result costs drawn from
+-- scratch (the estep_flops objective; the same with the store on or off); these say what of it was
+-- computed now (tokens_generated, samples_drawn, flops_computed) and what was taken from the store
+-- (tokens_reused, samples_reused). NULL for stages that have no samples and for older markers.
+ALTER TABLE stages ADD COLUMN IF NOT EXISTS tokens_generated BIGINT;
+ALTER TABLE stages ADD COLUMN IF NOT EXISTS tokens_reused BIGINT;
+ALTER TABLE stages ADD COLUMN IF NOT EXISTS samples_drawn BIGINT;
+ALTER TABLE stages ADD COLUMN IF NOT EXISTS samples_reused BIGINT;
+ALTER TABLE stages ADD COLUMN IF NOT EXISTS flops_computed DOUBLE;
+ALTER TABLE shards ADD COLUMN IF NOT EXISTS tokens_generated BIGINT;
+ALTER TABLE shards ADD COLUMN IF NOT EXISTS tokens_reused BIGINT;
+ALTER TABLE shards ADD COLUMN IF NOT EXISTS samples_drawn BIGINT;
+ALTER TABLE shards ADD COLUMN IF NOT EXISTS samples_reused BIGINT;
+ALTER TABLE shards ADD COLUMN IF NOT EXISTS flops_computed DOUBLE;
 -- Per run and iteration, the eval stage's metrics side by side, each at the last step the stage logged
 -- it (the value the orchestrator reports to Optuna). The views are replaced on every write, so a store
 -- written by an earlier version is upgraded in place; readers define them afresh (platform/store.py).

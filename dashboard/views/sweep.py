@@ -95,10 +95,13 @@ if not replicates.empty:
     st.subheader(f"Trials over replicate seeds ({int(table['seeds'].max())} seeds each): mean ± standard error")
     for i, name in enumerate(names):
         st.plotly_chart(figures.replicate_values(table, name), key=f"sw_rep_{i}")
-    if {"accuracy", "estep_flops"} <= set(names):
-        front = data.pareto_mask(table["estep_flops"], table["accuracy"])
-        st.plotly_chart(figures.pareto_front(table, "estep_flops", "accuracy", front, "E-step FLOPs", "accuracy",
-                                             x_err="estep_flops_se", y_err="accuracy_se"), key="sw_rep_pareto")
+    if len(names) == 2:  # the front of the means, the second objective across, the first up
+        y, x = names
+        directions = list(row["directions"])
+        front = data.pareto_mask(table[x] * (1 if directions[1] == "minimize" else -1),
+                                 table[y] * (1 if directions[0] == "maximize" else -1))
+        st.plotly_chart(figures.pareto_front(table, x, y, front, x, y, x_err=f"{x}_se", y_err=f"{y}_se"),
+                        key="sw_rep_pareto")
     st.dataframe(table, hide_index=True)
 
 st.subheader("Pareto front: accuracy vs E-step compute")
