@@ -47,6 +47,12 @@ class BudgetConfig:
 class SweepConfig:
     study_name: Optional[str] = None  # default: the experiment's name
     storage: Optional[str] = None  # Optuna storage URL; default: journal file under paths.results
+    # With a storage URL (an RDB: postgresql://...), several drivers may run one study at once
+    # (README "Several drivers on one study"). Each driver records a heartbeat for its trials in
+    # flight every heartbeat_interval seconds; a RUNNING trial whose heartbeat is grace_period
+    # seconds old (its driver died) is marked FAIL and re-enqueued with its params by a live one.
+    heartbeat_interval: int = 60
+    grace_period: int = 180
     n_trials: int = 4
     parallel: int = 2
     sampler: str = "tpe"  # tpe | random | grid | nsga2

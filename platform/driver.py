@@ -3,7 +3,10 @@
 Rerunning the same command resumes the study: ``sweep.n_trials`` is the number of finished trials
 the study should hold, so a finished sweep adds none (it re-ingests and prints the summary), and
 trials left RUNNING by a killed driver are marked FAIL (user attr ``interrupted``) and re-enqueued
-with the same params; their runs resume from the stage cache.
+with the same params; their runs resume from the stage cache. With an RDB storage several drivers
+may run the study at once, and only trials whose heartbeat stopped are taken for interrupted
+(``platform.multidriver``). Drivers queue what DuckDB should load and one process at a time
+loads it (``platform.ingest.Ingester``).
 
 Params are drawn in the driver's thread right after ``ask``, so every trial in flight holds its
 params before the next is asked; over a finite space the sampler (``platform.study.UnvisitedSampler``)
@@ -15,7 +18,6 @@ then never repeats a point while one is unvisited. A trial that repeats an earli
 from __future__ import annotations
 
 import sys
-import threading
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -29,8 +31,10 @@ from optuna.trial import TrialState
 from platform.app import App, load_app
 from platform.budget import STOP_ATTR, SPEND_ATTR, Spend, exceeded, stage_gpu_hours
 from platform.compose import Composed, to_dict
-from platform.ingest import ingest_runs, ingest_study
+from platform.ingest import Ingester
+from platform.ingest_queue import request_run, request_study
 from platform.live import LiveView
+from platform.multidriver import SharedStudy, heartbeat_of, retry_stale
 from platform.orchestrator import Orchestrator, Progress, ReportFn, SweepStopped
 from platform.plan import describe
 from platform.references import reference_specs
@@ -38,8 +42,6 @@ from platform.replicates import SeedReports, aggregate
 from platform.rundir import RunDir
 from platform.study import build_sampler, name_metrics, open_study, suggest
 from platform.trial import apply_params, run_id_for, run_trial
-
-_INGEST_LOCK = threading.Lock()
 
 
 def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -142,15 +144,15 @@ class _Sweep:
 
     def ingest_study(self) -> None:
         self.study.set_user_attr(SPEND_ATTR, self.spend.as_dict())
-        with _INGEST_LOCK:
-            ingest_study(self.results, self.study, self.cfg.experiment.name, self.storage_label)
+        request_study(self.results, self.name, self.cfg.experiment.name, self.storage_label)
 
 
 def _open_sweep_study(cfg: Any, results: Path, name: str) -> optuna.Study:
-    """The study, resumed if it exists; trials an earlier driver left RUNNING are re-enqueued."""
+    """The study, resumed if it exists; trials an earlier driver left RUNNING are re-enqueued (with
+    heartbeats, only those whose driver stopped beating: other drivers may be running it)."""
     study = open_study(cfg.sweep, results, name)
     study.set_user_attr("experiment", cfg.experiment.name)
-    recovered = recover_interrupted(study)
+    recovered = retry_stale(study) if heartbeat_of(study) else recover_interrupted(study)
     if recovered:
         print(f"[sweep] {recovered} trial(s) interrupted by an earlier driver: marked FAIL and re-enqueued")
     return study
@@ -159,11 +161,7 @@ def _open_sweep_study(cfg: Any, results: Path, name: str) -> optuna.Study:
 def _orchestrator(app: App, cfg: Any, results: Path, progress: Progress) -> Orchestrator:
     """One orchestrator for every trial and reference; each finished stage is ingested at once."""
 
-    def ingest(run_id: str) -> None:
-        with _INGEST_LOCK:
-            ingest_runs(results, [run_id])
-
-    return Orchestrator(to_dict(cfg.launcher), results, progress, ingest,
+    return Orchestrator(to_dict(cfg.launcher), results, progress, lambda run_id: request_run(results, run_id),
                         compute_buckets=app.compute_buckets, total_buckets=app.total_buckets)
 
 
@@ -269,23 +267,23 @@ def _start_references(sweep: _Sweep, references: list[tuple[str, Any]]) -> tuple
     return pool, [fut for _, _, fut in runs]
 
 
-def _run_trials(sweep: _Sweep, target: int) -> None:
-    """Ask/tell with up to ``sweep.parallel`` trials in flight until the study holds ``target``, or
-    until the budget is spent."""
+def _run_trials(sweep: _Sweep, target: int, shared: SharedStudy) -> None:
+    """Ask/tell with up to ``sweep.parallel`` trials in flight until the study holds ``target``
+    (counting other drivers' trials too, ``platform.multidriver``), or until the budget is spent."""
     parallel, space = sweep.cfg.sweep.parallel, sweep.cfg.sweep.search_space
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         running: set[Future] = set()
         capped = False
         while True:
             capped = capped or _budget_reached(sweep, len(running))
-            want = 0 if capped else target - len(_finished(sweep.study)) - len(running)
-            while want > 0 and len(running) < parallel:
-                trial = sweep.study.ask()
-                # drawn here, not in the worker: the next ask sees this trial's params
-                running.add(pool.submit(_one_trial, sweep, trial, suggest(trial, space)))
-                want -= 1
+            # params drawn here, not in the worker: the next ask sees this trial's params
+            for trial, params in [] if capped else shared.ask(parallel - len(running), target, space):
+                running.add(pool.submit(shared.run, trial, _one_trial, sweep, trial, params))
             if not running:
-                break
+                if capped or shared.settled():
+                    break
+                shared.wait()  # another driver's trials run: if it dies, they are retried here
+                continue
             done, running = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
             for fut in done:
                 fut.result()
@@ -331,9 +329,11 @@ def run_sweep(composed: Composed) -> optuna.Study:
     target = _target(study, cfg)
     live = LiveView(study, progress, target, interval_s=cfg.sweep.live_interval_s, finished=_finished)
     live.start()
+    shared = SharedStudy(study, results, _finished).start()
+    ingester = Ingester(results, {name: study}).start()
     ref_pool, ref_futures = _start_references(sweep, references)
     try:
-        _run_trials(sweep, target)
+        _run_trials(sweep, target, shared)
         for fut in ref_futures:
             fut.result()
     except KeyboardInterrupt:
@@ -342,7 +342,9 @@ def run_sweep(composed: Composed) -> optuna.Study:
     finally:
         ref_pool.shutdown(wait=False, cancel_futures=True)
         live.stop()
+        shared.stop()
         sweep.ingest_study()
+        ingester.stop()
     if cfg.sweep.budget.flops or cfg.sweep.budget.gpu_hours or cfg.sweep.budget.wall_clock_h:
         print(f"[sweep] spent {sweep.spend.text()}", flush=True)
     return study

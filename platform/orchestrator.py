@@ -2,9 +2,10 @@
 
 Only this module submits jobs, through the one interface of ``launchers``: the ``Launcher`` that
 ``build_launcher`` makes of the launcher config (submit, wait, cancel, reattach). Stages shared
-between concurrent trials (data preparation, warm start) are guarded by an in-process lock per
-cache key, so the second trial waits for the first and then reuses its output instead of
-computing it twice.
+between concurrent trials (data preparation, warm start) are guarded by a lock per cache key that
+holds across threads, processes and machines sharing the results folder (``platform.locks``): the
+second trial, in this driver or another, waits for the first and then finds the completion marker
+and reuses the output instead of computing it twice.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from platform.failures import known_error
+from platform.locks import stage_lock
 from platform.plan import Plan
 from platform.rundir import RunDir
 from platform.stage import KEY_SCHEME, MARKER, Stage, earlier_scheme_stages, load_record, shard_dir
@@ -56,15 +58,6 @@ class Progress:
                 self.current.pop(run_id, None)
             else:
                 self.current[run_id] = text
-
-
-_KEY_LOCKS: dict[str, threading.Lock] = {}
-_KEY_LOCKS_GUARD = threading.Lock()
-
-
-def _key_lock(key: str) -> threading.Lock:
-    with _KEY_LOCKS_GUARD:
-        return _KEY_LOCKS.setdefault(key, threading.Lock())
 
 
 def _completed_keys(ledger: list[dict[str, Any]]) -> dict[tuple[Any, Any], list[str]]:
@@ -186,10 +179,11 @@ class Orchestrator:
         """Run ``stage`` unless its output is cached; ``replaced_key``: the key this run last
         completed it with, if that is not its key any more (said aloud when it recomputes)."""
         job_ids: list[str] = []
-        lock = _key_lock(stage.key)
-        if lock.locked():
-            self.progress.set(run.run_id, f"{stage.display} (shared, running in another trial)")
-        with lock:
+
+        def waiting(lock: Any) -> None:
+            self.progress.set(run.run_id, f"{stage.display} (shared, running in another trial: {lock.holder()})")
+
+        with stage_lock(self.results, stage.key).hold(on_wait=waiting):
             cached = stage.is_complete(self.results)
             if not cached:
                 if replaced_key:

@@ -17,7 +17,7 @@ _MISSING = "__missing__"
 
 RANGES = {"sweep.n_trials": (1, None), "sweep.parallel": (1, None), "launcher.max_parallel_jobs": (1, None),
           "launcher.max_num_timeout": (0, None), "sweep.budget.flops": (0.0, None), "sweep.budget.gpu_hours": (0.0, None),
-          "sweep.budget.wall_clock_h": (0.0, None)}
+          "sweep.budget.wall_clock_h": (0.0, None), "sweep.heartbeat_interval": (1, None), "sweep.grace_period": (1, None)}
 CHOICES = {"launcher.name": ("debug", "local", "slurm"), "sweep.sampler": ("tpe", "random", "grid", "nsga2"),
            "sweep.pruner": ("median", "none"), "sweep.budget.on_cap": ("finish", "stop")}
 
@@ -29,7 +29,19 @@ def _table(cfg: DictConfig) -> list[str]:
                  "also draw it; drop one of them")
     for i, _ in enumerate(OmegaConf.select(cfg, "sweep.objectives") or []):
         p += one_of(cfg, f"sweep.objectives.{i}.direction", ("maximize", "minimize"))
-    return p
+    return p + _heartbeat(cfg)
+
+
+def _heartbeat(cfg: DictConfig) -> list[str]:
+    from platform.config import SweepConfig
+
+    default = SweepConfig()  # a field no YAML sets is absent here: its default holds
+    beat = OmegaConf.select(cfg, "sweep.heartbeat_interval", default=default.heartbeat_interval)
+    grace = OmegaConf.select(cfg, "sweep.grace_period", default=default.grace_period)
+    if isinstance(beat, int) and isinstance(grace, int) and 1 <= beat and grace <= beat:
+        # a heartbeat recorded a little late must not make a live driver's trial look dead
+        return [f"sweep.grace_period: must exceed sweep.heartbeat_interval ({beat}), got {grace}"]
+    return []
 
 
 def _space(cfg: DictConfig, schema: type) -> list[str]:
