@@ -137,7 +137,7 @@ def replicate_values(table: pd.DataFrame, name: str) -> go.Figure:
         error_y=_error_bars(table, f"{name}_se"), text=table["params"],
         hovertemplate="trial %{x}<br>%{text}<br>%{y:.4g} ± %{error_y.array:.2g} (SE)<extra></extra>"))
     fig.update_layout(xaxis_title="trial", yaxis_title=f"{name} (mean over seeds ± SE)",
-                      title=f"{name} per trial over replicate seeds")
+                      title=f"{name} per trial over replicate seeds", xaxis=dict(tickmode="linear", dtick=1))
     return _compact(fig)
 
 
