@@ -98,6 +98,17 @@ def load(sql: str, *params: Any) -> pd.DataFrame:
         st.stop()
 
 
+def load_optional(sql: str, *params: Any) -> pd.DataFrame:
+    """``load`` for a section that a store written before its columns existed cannot show: empty
+    instead of an error until the next ingest upgrades the store in place."""
+    import duckdb
+
+    try:
+        return load(sql, *params)
+    except duckdb.BinderException:
+        return pd.DataFrame()
+
+
 def load_estep_runs() -> pd.DataFrame:
     """The runs with E-step samples (ESTEP_RUNS_SQL's rows, from the list of files: ESTEP_RUNS_LISTED_SQL);
     while there are none the page stops with a note."""
@@ -195,6 +206,10 @@ STUDIES_SQL = "SELECT * FROM studies ORDER BY created_at DESC NULLS LAST, study"
 TRIALS_SQL = """
 SELECT study, number, state, CAST(params AS VARCHAR) AS params, "values", run_id, error,
        started_at, ended_at FROM trials ORDER BY study, number
+"""
+REPLICATE_TRIALS_SQL = """
+SELECT number, CAST(params AS VARCHAR) AS params, "values", values_se, seeds FROM trials
+WHERE study = ? AND state = 'COMPLETE' AND seeds IS NOT NULL ORDER BY number
 """
 ESTEP_METRICS_SQL = """
 SELECT iteration, name, arg_max(value, step) AS value FROM metrics
@@ -367,6 +382,19 @@ def with_weights(samples: pd.DataFrame) -> pd.DataFrame:
     shifted = out["log_w"] - out.groupby(keys)["log_w"].transform("max")
     out["weight"] = np.exp(shifted) / np.exp(shifted).groupby([out[k] for k in keys]).transform("sum")
     return out
+
+
+def replicate_table(trials: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """One row per trial run over replicate seeds: its params, and per objective the mean over
+    seeds (``<name>``) and its standard error (``<name>_se``)."""
+    rows = []
+    for t in trials.itertuples(index=False):
+        row = {"trial": t.number, "params": t.params, "seeds": len(t.seeds)}
+        for i, name in enumerate(names):
+            row[name] = t.values[i] if t.values is not None else None
+            row[f"{name}_se"] = t.values_se[i] if t.values_se is not None else None
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["trial", "params", "seeds", *[c for n in names for c in (n, f"{n}_se")]])
 
 
 def pareto_mask(x: pd.Series, y: pd.Series) -> pd.Series:

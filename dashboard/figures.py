@@ -130,6 +130,17 @@ def trial_objectives(trials: pd.DataFrame) -> go.Figure:
     return _compact(fig, 320)
 
 
+def replicate_values(table: pd.DataFrame, name: str) -> go.Figure:
+    """Each trial's objective: the mean over its replicate seeds, with the standard error as a bar."""
+    fig = go.Figure(go.Scatter(
+        x=table["trial"], y=table[name], mode="markers", marker=dict(size=9, color="#3182bd"),
+        error_y=_error_bars(table, f"{name}_se"), text=table["params"],
+        hovertemplate="trial %{x}<br>%{text}<br>%{y:.4g} ± %{error_y.array:.2g} (SE)<extra></extra>"))
+    fig.update_layout(xaxis_title="trial", yaxis_title=f"{name} (mean over seeds ± SE)",
+                      title=f"{name} per trial over replicate seeds", xaxis=dict(tickmode="linear", dtick=1))
+    return _compact(fig)
+
+
 def _histogram_by_iteration(samples: pd.DataFrame, column: str, title: str) -> go.Figure:
     fig = px.histogram(samples, x=column, color=samples["iteration"].astype(str), barmode="overlay",
                        opacity=0.6, nbins=40, labels={"color": "iteration"}, title=title)
@@ -214,13 +225,22 @@ def chunk_weights(doc: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def _error_bars(points: pd.DataFrame, column: Optional[str]) -> Optional[dict]:
+    if column is None or column not in points:
+        return None
+    return dict(type="data", array=points[column].fillna(0.0).tolist(), visible=True, thickness=1.2)
+
+
 def pareto_front(points: pd.DataFrame, x: str, y: str, on_front: pd.Series,
-                 x_title: Optional[str] = None, y_title: Optional[str] = None) -> go.Figure:
-    """Every run's final (x, y); the non-dominated ones joined as a step line."""
+                 x_title: Optional[str] = None, y_title: Optional[str] = None,
+                 x_err: Optional[str] = None, y_err: Optional[str] = None) -> go.Figure:
+    """Every run's (or trial's) final (x, y), with standard-error bars from the columns ``x_err``
+    and ``y_err`` where given; the non-dominated points joined as a step line."""
     x_title, y_title = x_title or x, y_title or y
     front = points[on_front].sort_values(x)
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=points[x], y=points[y], mode="markers", name="runs", marker=dict(color="#9ecae1", size=8),
+                             error_x=_error_bars(points, x_err), error_y=_error_bars(points, y_err),
                              text=points.get("params"), hovertemplate="%{text}<br>%{x:.3g}, %{y:.4g}<extra></extra>"))
     fig.add_trace(go.Scatter(x=front[x], y=front[y], mode="lines+markers", line_shape="hv", name="Pareto front",
                              marker=dict(color="#d62728", size=10)))

@@ -1,4 +1,4 @@
-"""What the platform needs from the science: the schema, its validation rules and the plans."""
+"""What the platform needs from the science, as one object: ``APP`` (a ``platform.app.App``)."""
 
 from __future__ import annotations
 
@@ -7,63 +7,42 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.config import Config, register_configs  # noqa: F401 - used by platform.app
-from experiments.graphs import build_plan  # noqa: F401
-from platform.study import check_space
-from platform.validate import in_range, one_of
+from experiments.config import Config, register_configs
+from experiments.graphs import build_plan
+from platform.app import App
+from platform.checks import check_table
 
 
-def schema_instance() -> Config:
-    return Config()
+RANGES = {
+    "estep.num_samples": (1, None), "estep.max_thought_tokens": (1, None), "estep.num_shards": (1, None),
+    "estep.context_chunks": (0, None), "estep.group_docs": (1, None),
+    "data.raw_mix_ratio": (0.0, 1.0), "data.warm_start_fraction": (0.0, 1.0), "data.num_train_docs": (1, None),
+    "data.window": (8, None), "em.iterations": (0, None),
+    "mstep.batch_size": (1, None), "mstep.epochs": (0.0, None), "mstep.grad_clip": (0.0, None),
+    "mstep.warmup_steps": (0, None), "mstep.checkpoint_every": (1, None), "mstep.log_every": (1, None),
+    "mstep.train_tokens": (1, None), "mstep.micro_batch_size": (1, None),
+}
+CHOICES = {
+    "experiment.kind": ("raw", "synthetic", "bootstrap"),
+    "experiment.baseline": ("none", "raw_token_match", "raw_flop_match", "compute_match"),
+    "experiment.reference_experiment": ("synthetic", "bootstrap"),
+    "data.thought_chunks": ("all", "annotated"), "data.form_coin": ("fresh", "frozen"),
+    "data.name": ("embedded", "jsonl", "parquet"), "data.format": ("random", "prior_only", "posterior_only", "raw"),
+    "teacher.kind": ("oracle", "lm", "openai_compatible"), "sampler.backend": ("hf", "vllm"),
+    "sampler.fan_out": ("n", "repeat"), "mstep.init": ("base", "previous"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+}
 
 
-def _ranges(cfg: DictConfig) -> list[str]:
-    p: list[str] = []
-    p += in_range(cfg, "estep.num_samples", 1)
-    p += in_range(cfg, "estep.max_thought_tokens", 1)
-    p += in_range(cfg, "estep.num_shards", 1)
-    p += in_range(cfg, "estep.context_chunks", 0)
-    if (OmegaConf.select(cfg, "estep.temperature") or 1.0) <= 0:
-        p.append(f"estep.temperature: must be > 0, got {cfg.estep.temperature}")
-    p += in_range(cfg, "data.raw_mix_ratio", 0.0, 1.0)
-    p += in_range(cfg, "data.warm_start_fraction", 0.0, 1.0)
-    p += in_range(cfg, "data.num_train_docs", 1)
-    p += in_range(cfg, "data.window", 8)
-    p += in_range(cfg, "em.iterations", 0)
-    p += in_range(cfg, "sweep.n_trials", 1)
-    p += in_range(cfg, "sweep.parallel", 1)
-    p += in_range(cfg, "mstep.batch_size", 1)
-    p += in_range(cfg, "mstep.epochs", 0.0)
-    p += in_range(cfg, "mstep.grad_clip", 0.0)
-    p += in_range(cfg, "launcher.max_parallel_jobs", 1)
-    p += in_range(cfg, "launcher.max_num_timeout", 0)
-    if (OmegaConf.select(cfg, "mstep.lr") or 0) <= 0:
-        p.append(f"mstep.lr: must be > 0, got {OmegaConf.select(cfg, 'mstep.lr')}")
-    return p
-
-
-def _choices(cfg: DictConfig) -> list[str]:
-    p: list[str] = []
-    p += one_of(cfg, "experiment.kind", ("raw", "synthetic", "bootstrap"))
-    p += one_of(cfg, "experiment.baseline", ("none", "raw_token_match", "raw_flop_match", "compute_match"))
-    p += one_of(cfg, "experiment.reference_experiment", ("synthetic", "bootstrap"))
-    p += one_of(cfg, "data.thought_chunks", ("all", "annotated"))
-    p += one_of(cfg, "data.form_coin", ("fresh", "frozen"))
+def _ranges_and_choices(cfg: DictConfig) -> list[str]:
+    p = check_table(cfg, RANGES, CHOICES)
+    for name in ("estep.temperature", "mstep.lr"):
+        value = OmegaConf.select(cfg, name)
+        if value is not None and value <= 0:
+            p.append(f"{name}: must be > 0, got {value}")
     if OmegaConf.select(cfg, "data.thought_chunks") == "annotated" and cfg.data.name != "embedded":
         p.append(f"data.thought_chunks: 'annotated' needs a corpus that declares which chunks carry reasoning "
                  f"(data=embedded); data={cfg.data.name} annotates none, use 'all'")
-    p += one_of(cfg, "data.name", ("embedded", "jsonl", "parquet"))
-    p += one_of(cfg, "data.format", ("random", "prior_only", "posterior_only", "raw"))
-    p += one_of(cfg, "teacher.kind", ("oracle", "lm", "openai_compatible"))
-    p += one_of(cfg, "sampler.backend", ("hf", "vllm"))
-    p += one_of(cfg, "sampler.fan_out", ("n", "repeat"))
-    p += one_of(cfg, "mstep.init", ("base", "previous"))
-    p += one_of(cfg, "launcher.name", ("debug", "local", "slurm"))
-    p += one_of(cfg, "sweep.sampler", ("tpe", "random", "grid", "nsga2"))
-    p += one_of(cfg, "sweep.pruner", ("median", "none"))
-    p += one_of(cfg, "model.dtype", ("float32", "bfloat16", "float16"))
-    for i, obj in enumerate(cfg.sweep.objectives or []):
-        p += one_of(cfg, f"sweep.objectives.{i}.direction", ("maximize", "minimize"))
     if cfg.experiment.kind == "raw" and cfg.data.format != "raw":
         p.append(f"data.format: a raw experiment trains on raw text; must be raw, got {cfg.data.format!r}")
     return p
@@ -136,19 +115,6 @@ def _teacher(cfg: DictConfig) -> list[str]:
             f"teacher=openai_compatible teacher.base_url=http://HOST:PORT/v1 teacher.model=NAME{alternative}"]
 
 
-def _space(cfg: DictConfig) -> list[str]:
-    from platform.config import ParamSpec
-
-    space = {k: ParamSpec(**OmegaConf.to_container(v)) for k, v in (cfg.sweep.search_space or {}).items()}
-    problems = check_space(space)
-    for name in space:
-        if OmegaConf.select(cfg, name, default="__missing__") == "__missing__":
-            problems.append(f"sweep.search_space.{name}: names no config field")
-    return problems
-
-
-RULES: list[Any] = [_ranges, _choices, _paths, _teacher, _space]
-
 # Errors that stages raise on purpose, about bad input or a run gone wrong: when a job dies of one,
 # the CLI prints its message in one line (stage, message, the job's log) instead of the traceback,
 # which stays in the log and in runs.error. Names as a traceback's last line writes them.
@@ -157,4 +123,16 @@ KNOWN_ERRORS: tuple[str, ...] = (
     "experiments.teacher.TeacherError",  # the teacher endpoint refused or gave up
     "FloatingPointError",  # the M-step loss went NaN/inf (experiments/mstep.py)
     "experiments.estep.MissingThoughtError",  # a teacher or E-step chunk that needs a thought got none
+)
+
+APP = App(
+    name="latent-thoughts",
+    schema=Config,
+    register_configs=register_configs,
+    build_plan=build_plan,
+    rules=(_ranges_and_choices, _paths, _teacher),
+    known_errors=KNOWN_ERRORS,
+    # the run totals each stage's FLOPs go into; total_flops is what producing the model cost
+    compute_buckets={"estep": "estep_flops", "mstep": "train_flops", "eval": "eval_flops"},
+    total_buckets=("estep_flops", "train_flops"),
 )

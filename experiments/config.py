@@ -87,6 +87,9 @@ class EStepConfig:
     context_chunks: int = 3  # previous raw chunks in the prompt
     num_shards: int = 2
     group_docs: int = 8  # documents per resumable cache group inside a shard
+    # keep drawn samples under <results>/sample_store/ and reuse them (another K, another trial from
+    # the same checkpoint): only missing sample indices are drawn (experiments/sample_store.py)
+    sample_store: bool = True
 
 
 @dataclass

@@ -28,6 +28,8 @@ from experiments.corpus import Document
 from experiments.docstore import load_docs, load_thoughts, save_thoughts
 from experiments.formats import encode_parts, joint_parts, posterior_prompt
 from experiments.importance import effective_sample_size, elbo, log_weights, resample
+from experiments.sample_store import (SampleStore, Slot, StoredSample, chunk_key, index_runs, marker_stamp,
+                                     results_of)
 from experiments.samplers import Sampler, build_sampler
 from experiments.seeding import stable_seed
 from experiments.tokens import EOL, POSTERIOR, PRIOR, SOL
@@ -68,6 +70,7 @@ def infer_thoughts(
     seed: int = 0,
     iteration: int = 0,
     thought_chunks: str = "all",
+    store: Optional[SampleStore] = None,
 ) -> tuple[list[dict[str, Any]], dict[str, list[Optional[str]]], dict[str, int]]:
     """E-step of ``docs``: (sample rows, selected thought per chunk per doc, token counts).
 
@@ -77,7 +80,9 @@ def infer_thoughts(
 
     Sample j of a chunk depends only on (seed, iteration, the chunk's prompt ids, j), and the
     resampling draw only on (seed, iteration, document, chunk): not on which documents share a call,
-    a group or a shard, so the result does not depend on batching or sharding.
+    a group or a shard, so the result does not depend on batching or sharding. With a ``store``
+    (experiments/sample_store.py) the samples it holds are taken as they are and only the missing
+    indices are drawn and scored; the counts say what was generated and what reused.
 
     At ``temperature != 1`` log q is the model's untempered density of the sampled ids (what the
     samplers record), so the weights are exact importance weights only at the paper's temperature 1.
@@ -90,32 +95,100 @@ def infer_thoughts(
         raise ValueError(f"tokenizer encodes {EOL} as {eol_ids}; the E-step needs it as one stop token")
     chunks, thoughts = _estep_chunks(tok, docs, context_chunks, poisson_mean, max_sentences, thought_chunks)
     if not chunks:
-        return [], thoughts, {"tokens_in": 0, "tokens_out": 0, "num_chunks": 0}
-    samples = sampler.sample(
-        [c.prompt for c in chunks], n=num_samples, max_tokens=max_thought_tokens, temperature=temperature,
-        stop_token_id=eol_ids[0], seed=stable_seed("estep", seed, iteration) % 2**31,
-        banned_token_ids=control_token_ids(tok),
-    )
-    score_prefixes, conts = [], []
-    for c, outs in zip(chunks, samples):
-        sol, prior, _, eol, body = c.pieces
-        for s in outs:  # the sampled Z ids verbatim, between the separately tokenized pieces
-            score_prefixes.append(c.prefix)
-            conts.append(sol + prior + list(s.token_ids) + eol + body)
-    log_p = sampler.score(score_prefixes, conts)
+        return [], thoughts, {k: 0 for k in COUNT_KEYS}
+    draw = dict(temperature=temperature, stop_token_id=eol_ids[0], seed=sampler_seed(seed, iteration),
+                banned_token_ids=control_token_ids(tok))
+
+    def compute(missing: dict[int, list[int]]) -> dict[Slot, StoredSample]:
+        return _draw_and_score(sampler, chunks, missing, max_thought_tokens, draw)
+
+    if store is None:
+        got = compute({i: list(range(num_samples)) for i in range(len(chunks))})
+        new = set(got)
+    else:
+        keys = [chunk_key(c.prompt, c.pieces[:2] + c.pieces[3:] + (c.prefix,)) for c in chunks]
+        got, new = store.bucket(draw, keys).fill(keys, num_samples, max_thought_tokens, compute)
+    return _select(chunks, got, num_samples, seed, iteration, thoughts), thoughts, _counts(chunks, got, new)
+
+
+def _select(chunks: list["_Chunk"], got: dict[Slot, StoredSample], num_samples: int, seed: int, iteration: int,
+            thoughts: dict[str, list[Optional[str]]]) -> list[dict[str, Any]]:
+    """Weigh each chunk's K samples, resample one into ``thoughts``; the sample rows."""
     rows: list[dict[str, Any]] = []
-    for n, (c, outs) in enumerate(zip(chunks, samples)):
-        lp = np.asarray(log_p[n * num_samples : (n + 1) * num_samples])
+    for i, c in enumerate(chunks):
+        outs = [got[(i, k)] for k in range(num_samples)]
+        lp = np.asarray([s.log_p for s in outs])
         lw = log_weights(lp, np.asarray([s.logprob_sum for s in outs]))
         pick = resample(lw, np.random.default_rng(stable_seed(seed, iteration, c.doc_id, c.chunk_id)))
         thoughts[c.doc_id][c.chunk_id] = outs[pick].text
         rows += [_sample_row(c, k, s, float(lp[k]), float(lw[k]), k == pick) for k, s in enumerate(outs)]
+    return rows
+
+
+COUNT_KEYS = ("tokens_in", "tokens_out", "num_chunks", "tokens_in_computed", "tokens_generated", "tokens_reused",
+              "samples_drawn", "samples_reused")
+
+
+def sampler_seed(seed: int, iteration: int) -> int:
+    """The seed the E-step of (run seed, iteration) passes the sampler."""
+    return stable_seed("estep", seed, iteration) % 2**31
+
+
+def _score_cont(c: "_Chunk", ids: Sequence[int]) -> list[int]:
+    """The scoring continuation of thought ids: SoL PRIOR Z EoL X, Z's ids verbatim between the
+    separately tokenized pieces."""
+    sol, prior, _, eol, body = c.pieces
+    return sol + prior + list(ids) + eol + body
+
+
+def _draw_and_score(sampler: Sampler, chunks: list["_Chunk"], missing: dict[int, list[int]], cap: int,
+                    draw: dict[str, Any]) -> dict[Slot, StoredSample]:
+    """Draw the ``missing`` indices of each chunk (one sampler call per run of indices shared by
+    chunks: all chunks and 0..K-1 when nothing is stored, the call of a store-less E-step) and
+    score them in one call."""
+    calls: dict[tuple[int, int], list[int]] = {}
+    for i, js in missing.items():
+        for run in index_runs(js):
+            calls.setdefault(run, []).append(i)
+    drawn: dict[Slot, Any] = {}
+    for (first, n), idx in calls.items():
+        outs = sampler.sample([chunks[i].prompt for i in idx], n=n, max_tokens=cap, first=first, **draw)
+        for i, samples in zip(idx, outs):
+            drawn.update({(i, first + k): s for k, s in enumerate(samples)})
+    slots = sorted(drawn)
+    log_p = sampler.score([chunks[i].prefix for i, _ in slots], [_score_cont(chunks[i], drawn[(i, j)].token_ids)
+                                                                 for i, j in slots])
+    return {(i, j): StoredSample(tuple(drawn[(i, j)].token_ids), drawn[(i, j)].text, bool(drawn[(i, j)].finished),
+                                 float(drawn[(i, j)].logprob_sum), float(lp), cap)
+            for (i, j), lp in zip(slots, log_p)}
+
+
+def _counts(chunks: list["_Chunk"], got: dict[Slot, StoredSample], new: set[Slot]) -> dict[str, int]:
+    """Token counts: ``tokens_in`` / ``tokens_out`` what the result costs (every prompt once, every
+    scoring sequence, every sampled token and stop), as drawn from scratch; ``tokens_in_computed`` /
+    ``tokens_generated`` what this call computed (the prompts of its sampler calls, the scoring of
+    new samples, their tokens); the rest came from the sample store."""
+    def scored(slot: Slot) -> int:
+        return len(chunks[slot[0]].prefix) + len(_score_cont(chunks[slot[0]], got[slot].token_ids))
+
+    def out(slot: Slot) -> int:
+        return len(got[slot].token_ids) + int(got[slot].finished)
+
+    drawn: dict[int, list[int]] = {}
+    for i, j in new:
+        drawn.setdefault(i, []).append(j)
+    runs = {i: len(index_runs(js)) for i, js in drawn.items()}  # one prefill of the prompt per sampler call
     counts = {
-        "tokens_in": sum(len(c.prompt) for c in chunks) + sum(len(p) + len(c) for p, c in zip(score_prefixes, conts)),
-        "tokens_out": sum(len(s.token_ids) + int(s.finished) for outs in samples for s in outs),
+        "tokens_in": sum(len(c.prompt) for c in chunks) + sum(scored(s) for s in got),
+        "tokens_out": sum(out(s) for s in got),
         "num_chunks": len(chunks),
+        "tokens_in_computed": sum(len(chunks[i].prompt) * r for i, r in runs.items()) + sum(scored(s) for s in new),
+        "tokens_generated": sum(out(s) for s in new),
+        "samples_drawn": len(new),
+        "samples_reused": len(got) - len(new),
     }
-    return rows, thoughts, counts
+    counts["tokens_reused"] = counts["tokens_out"] - counts["tokens_generated"]
+    return counts
 
 
 @dataclass
@@ -301,15 +374,41 @@ def _shard_groups(data_dir: Path, shard_index: int, num_shards: int,
     return docs, {g: ids for g, ids in enumerate(groups) if g % num_shards == shard_index}
 
 
-def _infer_group(sampler: Sampler, p: Any, docs: list[Document], shard_index: int) -> tuple[pd.DataFrame, dict]:
+def _infer_group(sampler: Sampler, p: Any, docs: list[Document], shard_index: int,
+                 store: Optional[SampleStore]) -> tuple[pd.DataFrame, dict]:
     rows, zs, counts = infer_thoughts(
         sampler, docs, num_samples=p.num_samples, max_thought_tokens=p.max_thought_tokens, temperature=p.temperature,
         context_chunks=p.context_chunks, poisson_mean=p.chunking.chunk_poisson_mean,
         max_sentences=p.chunking.chunk_max_sentences, seed=p.seed, iteration=p.iteration,
-        thought_chunks=p.thought_chunks)
+        thought_chunks=p.thought_chunks, store=store)
     check_thoughts(zs, docs, p.chunking, p.thought_chunks, f"E-step shard {shard_index}")
     return pd.DataFrame(rows, columns=SAMPLE_COLUMNS), {"doc_ids": [d.doc_id for d in docs], "thoughts": zs,
                                                         "counts": counts}
+
+
+def open_sample_store(ctx: Any) -> Optional[SampleStore]:
+    """The sample store of this E-step's checkpoint and sampler (docs/design.md "Sample store"), or
+    None: switched off (``estep.sample_store=false``), a stage folder outside a results folder's
+    ``artifacts/``, or a model input without a stage key (nothing to address its samples by)."""
+    p = ctx.params
+    results = results_of(ctx.out_dir)
+    checkpoint = (ctx.input_stages.get("model") or {}).get("key")
+    if not p.sample_store or results is None or checkpoint is None:
+        return None
+    identity = {"backend": p.sampler.backend, "dtype": p.sampler.dtype,
+                "fan_out": p.sampler.fan_out if p.sampler.backend == "vllm" else None,
+                "checkpoint_stamp": marker_stamp(Path(ctx.inputs["model"]))}
+    return SampleStore(results, checkpoint, identity)
+
+
+def _with_defaults(counts: dict[str, Any], rows: int) -> dict[str, Any]:
+    """Counts written before the sample store existed (a cached group, a shard's summary) computed
+    everything they count: their ``rows`` samples were all drawn."""
+    old = {"tokens_in_computed": counts["tokens_in"], "tokens_generated": counts["tokens_out"], "tokens_reused": 0,
+           "samples_drawn": rows, "samples_reused": 0}
+    if "flops" in counts:
+        old["flops_computed"] = counts["flops"]
+    return {**old, **counts}
 
 
 def run_shard(ctx) -> dict[str, Any]:
@@ -321,15 +420,15 @@ def run_shard(ctx) -> dict[str, Any]:
     out = Path(ctx.out_dir)
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
-    sampler = None
+    sampler, store = None, open_sample_store(ctx)
     frames, thoughts = [], {}
-    totals = {"tokens_in": 0, "tokens_out": 0, "num_chunks": 0}
+    totals = dict.fromkeys(COUNT_KEYS, 0)
     for g, ids in tqdm(groups.items(), desc=f"estep[{p.iteration}] shard {ctx.shard_index}", unit="group"):
         cached = _load_group(cache, g, ids)
         if cached is None:
             if sampler is None:  # loaded lazily: a fully cached shard never loads the model
                 sampler = build_sampler(p.sampler.as_dict(), model_dir)
-            frame, info = _infer_group(sampler, p, [docs[d] for d in ids], ctx.shard_index)
+            frame, info = _infer_group(sampler, p, [docs[d] for d in ids], ctx.shard_index, store)
             table, meta = _group_paths(cache, g)
             write_atomic(table, lambda path: frame.to_parquet(path, index=False))
             write_atomic(meta, lambda path: path.write_text(json.dumps(info), encoding="utf-8"))
@@ -337,14 +436,18 @@ def run_shard(ctx) -> dict[str, Any]:
             frame, info = cached
         frames.append(frame)
         thoughts.update(info["thoughts"])
+        counts = _with_defaults(info["counts"], len(frame))
         for k in totals:
-            totals[k] += int(info["counts"][k])
+            totals[k] += int(counts[k])
     samples = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SAMPLE_COLUMNS)
     write_atomic(out / "estep_samples.parquet", lambda path: samples.to_parquet(path, index=False))
     write_atomic(out / "thoughts.jsonl", lambda path: save_thoughts(path, {d: thoughts[d] for d in mine}))
     n_params = checkpoint_num_params(model_dir)
+    # flops: what the result costs, as drawn from scratch (the sweep's estep_flops objective, the same
+    # with the store on or off); flops_computed: what this shard computed
     summary = {**totals, "num_docs": len(mine), "n_params": n_params,
-               "flops": 2.0 * n_params * (totals["tokens_in"] + totals["tokens_out"])}
+               "flops": 2.0 * n_params * (totals["tokens_in"] + totals["tokens_out"]),
+               "flops_computed": 2.0 * n_params * (totals["tokens_in_computed"] + totals["tokens_generated"])}
     (out / "estep_summary.json").write_text(json.dumps(summary), encoding="utf-8")
     return summary
 
@@ -372,9 +475,9 @@ def merge(ctx) -> dict[str, Any]:
     save_thoughts(out / "thoughts.jsonl", {d: thoughts[d] for d in sorted(thoughts, key=order.__getitem__)})
     metrics = chunk_metrics(samples)
     ctx.write_metrics([{"name": k, "step": 0, "value": v} for k, v in metrics.items()])
-    summary: dict[str, Any] = {"tokens_in": 0, "tokens_out": 0, "flops": 0.0, "num_chunks": 0, "num_docs": 0}
-    for d in shard_dirs:
-        part = json.loads((d / "estep_summary.json").read_text(encoding="utf-8"))
+    summary: dict[str, Any] = {**dict.fromkeys(COUNT_KEYS, 0), "flops": 0.0, "flops_computed": 0.0, "num_docs": 0}
+    for d, frame in zip(shard_dirs, parts):
+        part = _with_defaults(json.loads((d / "estep_summary.json").read_text(encoding="utf-8")), len(frame))
         for k in summary:
             summary[k] += part[k]
     return {**summary, **metrics}

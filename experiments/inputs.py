@@ -175,6 +175,8 @@ class EStepInput:
     iteration: int  # seeds the draws with the run seed
     seed: int
     group_docs: int = perf()  # documents per resumable cache group: samples are drawn per prompt
+    # reuse stored samples of the same checkpoint and settings: sample j is the same drawn now or then
+    sample_store: bool = perf()
 
 
 @dataclass(frozen=True)

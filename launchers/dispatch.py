@@ -1,4 +1,5 @@
-"""Submit stages as jobs, wait for them, cancel them. The orchestrator's whole view of launching.
+"""Submit stages as jobs, wait for them, cancel them: the submitit mechanics behind
+``launchers.interface.Launcher``, the orchestrator's whole view of launching.
 
 One stage is one job; a sharded stage's shards are one job array (a SLURM array whose parallelism
 is ``max_parallel_jobs``). ``depends_on`` becomes ``afterok`` on SLURM; the local and debug
@@ -44,6 +45,14 @@ class StageJobError(RuntimeError):
 
     def __reduce__(self):  # keep job_id/traceback when pickled across processes
         return (StageJobError, (self.job_id, self.traceback, self.state, self.log))
+
+    @property
+    def lost(self) -> bool:
+        """The job died without a result or a traceback (submitit found no output, seen under heavy
+        load), rather than the stage raising: running the idempotent stage again may succeed."""
+        text = str(self)
+        return "Traceback (most recent call last)" not in text and (
+            "has not produced any output" in text or "_log.out" in text or "_log.err" in text)
 
 
 def submit_stage(

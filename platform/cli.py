@@ -16,7 +16,7 @@ from platform.validate import ConfigError
 
 def load(argv: Optional[Sequence[str]]) -> Composed:
     app = load_app()
-    return compose_config(list(sys.argv[1:] if argv is None else argv), rules=tuple(app.RULES))
+    return compose_config(list(sys.argv[1:] if argv is None else argv), rules=app.rules)
 
 
 def restore_default_sigint() -> None:
@@ -37,8 +37,13 @@ def main_guard(fn: Callable[[Composed], int | None], argv: Optional[Sequence[str
     if composed.print_cfg:
         print(OmegaConf.to_yaml(composed.raw))
         return 0
+    return guarded(lambda: fn(composed))
+
+
+def guarded(call: Callable[[], int | None]) -> int:
+    """Run an entry point's work: bad input and a stage's known error end in one ``error:`` line, exit 2."""
     try:
-        return fn(composed) or 0
+        return call() or 0
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -7,10 +7,8 @@ working-directory change, no ``outputs/`` folder) and validation must list every
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import re
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,6 +20,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from platform.checks import schema_field
 from platform.validate import ConfigError, validate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -40,23 +39,6 @@ def _groups(conf_dir: Path) -> set[str]:
     return {p.name for p in conf_dir.iterdir() if p.is_dir()}
 
 
-def _field_type(schema: type, dotted: str) -> tuple[bool, str]:
-    """Whether ``dotted`` names a field of ``schema``; if not, the message naming what is allowed."""
-    cls: Any = schema
-    parts = dotted.split(".")
-    for i, part in enumerate(parts):
-        if not dataclasses.is_dataclass(cls):
-            return True, ""  # inside a free-form mapping (dict field): anything goes
-        names = {f.name for f in dataclasses.fields(cls)}
-        if part not in names:
-            where = ".".join(parts[:i]) or "the root"
-            return False, f"{dotted}: unknown key (allowed in {where}: {', '.join(sorted(names))})"
-        cls = typing.get_type_hints(cls)[part]
-        if typing.get_origin(cls) is typing.Union:
-            cls = next(a for a in typing.get_args(cls) if a is not type(None))
-    return True, ""
-
-
 def check_override_keys(overrides: Sequence[str], schema: type, conf_dir: Path = CONF_DIR) -> list[str]:
     problems = []
     groups = _groups(conf_dir)
@@ -72,7 +54,7 @@ def check_override_keys(overrides: Sequence[str], schema: type, conf_dir: Path =
                 if option not in available and key != "sweep":
                     problems.append(f"{key}={option}: no such {key} config (available: {', '.join(available)})")
             continue
-        ok, msg = _field_type(schema, key)
+        ok, msg = schema_field(schema, key)
         if not ok:
             problems.append(msg)
     return problems

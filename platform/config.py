@@ -34,20 +34,40 @@ class ObjectiveSpec:
 
 
 @dataclass
+class BudgetConfig:
+    """Caps on what a sweep computes (platform/budget.py); None: no cap."""
+
+    flops: Optional[float] = None
+    gpu_hours: Optional[float] = None
+    wall_clock_h: Optional[float] = None
+    on_cap: str = "finish"  # finish: running trials finish | stop: they stop at their next stage, jobs cancelled
+
+
+@dataclass
 class SweepConfig:
     study_name: Optional[str] = None  # default: the experiment's name
     storage: Optional[str] = None  # Optuna storage URL; default: journal file under paths.results
+    # With a storage URL (an RDB: postgresql://...), several drivers may run one study at once
+    # (README "Several drivers on one study"). Each driver records a heartbeat for its trials in
+    # flight every heartbeat_interval seconds; a RUNNING trial whose heartbeat is grace_period
+    # seconds old (its driver died) is marked FAIL and re-enqueued with its params by a live one.
+    heartbeat_interval: int = 60
+    grace_period: int = 180
     n_trials: int = 4
     parallel: int = 2
     sampler: str = "tpe"  # tpe | random | grid | nsga2
     pruner: str = "median"  # median | none
-    seed: int = 0
+    seed: int = 0  # the Optuna sampler's
+    # replicate seeds: each trial runs its params once per seed (the run's `seed`); its value is the
+    # mean over them, the standard error a user attribute beside it (platform/replicates.py). [] = one run
+    seeds: list[int] = field(default_factory=list)
     objectives: list[ObjectiveSpec] = field(default_factory=lambda: [ObjectiveSpec()])
     # Optuna params land at these dotted config paths, e.g. "estep.num_samples".
     search_space: dict[str, ParamSpec] = field(default_factory=dict)
     # runs the trials are compared with, each an override list (platform/references.py)
     references: list[list[str]] = field(default_factory=list)
     live_interval_s: float = 5.0
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
 
 @dataclass

@@ -4,9 +4,9 @@ A job that dies reaches the driver as the text of its traceback (submitit pickle
 When the exception it ends in is of a known kind, the driver reports ``stage, message, log`` instead
 of the traceback, which stays in the job's log and in ``runs.error``. Known kinds are listed by name,
 as a traceback's last line writes them (``package.module.Class``; builtins bare): the platform's
-``ConfigError`` plus the app module's ``KNOWN_ERRORS``. A name, not a base class, because the
-traceback text is all a driver has (a restarted driver reattached to SLURM jobs included), and
-because the app's errors live in modules the platform does not import. Any other exception, a bare
+``ConfigError`` plus the app's ``App.known_errors``. A name, not a base class, because the traceback
+text is all a driver has (a restarted driver reattached to SLURM jobs included), and because the
+app's errors live in modules the platform does not import. Any other exception, a bare
 ``ValueError`` with a message included, is a bug until proven otherwise and keeps its traceback.
 """
 
@@ -25,7 +25,7 @@ def known_error_names() -> frozenset[str]:
     try:
         from platform.app import load_app
 
-        names |= set(getattr(load_app(), "KNOWN_ERRORS", ()))
+        names |= set(load_app().known_errors)
     except Exception:  # noqa: BLE001 - an app that does not import still gets the platform's names
         pass
     return frozenset(n.removeprefix("builtins.") for n in names)

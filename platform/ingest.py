@@ -5,13 +5,21 @@ twice adds no row and a re-ingest after a crash repairs a partial one. E-step sa
 copied: their Parquet files are listed in ``estep_files`` and read through the ``estep_samples``
 view (platform/samples.py).
 
-    python -m platform.ingest [--results results]
+Sweep drivers do not write here themselves: they queue requests (``platform.ingest_queue``) and
+one process at a time, the holder of the store's writer lock, takes them (:func:`drain`): a
+thread of each driver whenever the lock is free (:class:`Ingester`), or one dedicated ingester.
+
+    python -m platform.ingest [--results results]            # everything under results/, then the queue
+    python -m platform.ingest --results results --follow     # a dedicated ingester for every driver
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -20,11 +28,15 @@ import duckdb
 import yaml
 
 from platform import samples
+from platform.ingest_queue import Request, claim, done, pending, put_back, study_record
 from platform.rundir import read_ledger
 from platform.stage import MARKER
-from platform.store import writer
+from platform.store import transaction, writer, writer_lock, writing
 
 RUN_TABLES = ("runs", "stages", "shards", "metrics", "estep_files")
+# what of a stage's compute it did now and what it reused (the E-step's sample store); NULL where a
+# summary has none
+REUSE_FIELDS = ("tokens_generated", "tokens_reused", "samples_drawn", "samples_reused", "flops_computed")
 
 
 def _ts(t: Optional[float]) -> Optional[datetime]:
@@ -110,7 +122,7 @@ def _ingest_stage(con: duckdb.DuckDBPyConnection, run_id: str, entry: dict[str, 
         "ended_at": _ts(record.get("ended_at")), "wall_s": wall, "tokens_in": summary.get("tokens_in"),
         "tokens_out": summary.get("tokens_out"), "flops": summary.get("flops"),
         "gpu_hours": (wall or 0) * gpus / 3600.0, "artifact_dir": str(art),
-        "model_key": model_key, "model_path": model_path,
+        "model_key": model_key, "model_path": model_path, **{k: summary.get(k) for k in REUSE_FIELDS},
     })
     if entry.get("status") != "completed":
         return 1
@@ -131,7 +143,7 @@ def _ingest_stage(con: duckdb.DuckDBPyConnection, run_id: str, entry: dict[str, 
             "shard": shard.get("shard_index"), "job_id": shard.get("job_id"), "host": shard.get("host"),
             "started_at": _ts(shard.get("started_at")), "ended_at": _ts(shard.get("ended_at")),
             "wall_s": shard.get("wall_s"), "tokens_in": part.get("tokens_in"), "tokens_out": part.get("tokens_out"),
-            "flops": part.get("flops"), "cached": entry.get("cached"),
+            "flops": part.get("flops"), "cached": entry.get("cached"), **{k: part.get(k) for k in REUSE_FIELDS},
         })
     # E-step samples: the files are listed, not copied (platform/samples.py; the estep_samples view)
     samples.register(con, results, art, {"run_id": run_id, "iteration": entry.get("iteration"), "stage": entry["stage"],
@@ -147,43 +159,207 @@ def ingest_runs(results: str | Path, run_ids: Optional[Iterable[str]] = None) ->
         return sum(_ingest_run(con, p) for p in paths)
 
 
+def _spend_columns(attrs: dict[str, Any]) -> dict[str, Any]:
+    """What the study's drivers computed (platform/budget.py) and why the budget stopped it, if it did."""
+    spend = attrs.get("spend") or {}
+    return {"spend_flops": spend.get("flops"), "spend_gpu_hours": spend.get("gpu_hours"),
+            "spend_wall_s": spend.get("wall_s"), "stopped_by_budget": attrs.get("stopped_by_budget")}
+
+
+def _values_se(trial: Any, metric_names: Optional[list[str]]) -> Optional[list[Optional[float]]]:
+    """The standard error of each objective over a trial's replicate seeds (sweep.seeds), else None."""
+    if not trial.user_attrs.get("seeds") or not metric_names:
+        return None
+    return [trial.user_attrs.get(f"{name}_se") for name in metric_names]
+
+
 def ingest_study(results: str | Path, study: Any, experiment: str, storage_label: str) -> None:
     """Mirror an Optuna study's trials (state, params, values, run id, error) into DuckDB."""
-    trials = study.get_trials(deepcopy=False)
     with writer(results) as con:
-        con.execute("DELETE FROM studies WHERE study = ?", [study.study_name])
-        con.execute("DELETE FROM trials WHERE study = ?", [study.study_name])
-        _insert(con, "studies", {
-            "study": study.study_name, "experiment": experiment, "directions": [d.name.lower() for d in study.directions],
-            "storage": storage_label, "created_at": min((t.datetime_start for t in trials if t.datetime_start), default=None),
-            "n_trials": len(trials), "metric_names": study.metric_names,
+        _ingest_study(con, study, experiment, storage_label)
+
+
+def _ingest_study(con: duckdb.DuckDBPyConnection, study: Any, experiment: str, storage_label: str) -> None:
+    trials = study.get_trials(deepcopy=False)
+    con.execute("DELETE FROM studies WHERE study = ?", [study.study_name])
+    con.execute("DELETE FROM trials WHERE study = ?", [study.study_name])
+    _insert(con, "studies", {
+        "study": study.study_name, "experiment": experiment, "directions": [d.name.lower() for d in study.directions],
+        "storage": storage_label, "created_at": min((t.datetime_start for t in trials if t.datetime_start), default=None),
+        "n_trials": len(trials), "metric_names": study.metric_names,
+        **_spend_columns(study.user_attrs),
+    })
+    for t in trials:
+        _insert(con, "trials", {
+            "study": study.study_name, "number": t.number, "state": t.state.name, "params": json.dumps(t.params),
+            '"values"': t.values, "run_id": t.user_attrs.get("run_id"), "error": t.user_attrs.get("error"),
+            "started_at": t.datetime_start, "ended_at": t.datetime_complete,
+            "duplicate_of": t.user_attrs.get("duplicate_of"), "cache_hit": t.user_attrs.get("cache_hit"),
+            "seeds": t.user_attrs.get("seeds"), "run_ids": t.user_attrs.get("run_ids"),
+            "values_se": _values_se(t, study.metric_names),
         })
-        for t in trials:
-            _insert(con, "trials", {
-                "study": study.study_name, "number": t.number, "state": t.state.name, "params": json.dumps(t.params),
-                '"values"': t.values, "run_id": t.user_attrs.get("run_id"), "error": t.user_attrs.get("error"),
-                "started_at": t.datetime_start, "ended_at": t.datetime_complete,
-                "duplicate_of": t.user_attrs.get("duplicate_of"), "cache_hit": t.user_attrs.get("cache_hit"),
-            })
+
+
+def _storage(label: str) -> Any:
+    """The Optuna storage a study's label names: a URL, or the path of a journal file."""
+    if "://" in label:
+        return label
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(label))
+
+
+_OPENED: dict[tuple[str, str], Any] = {}  # (storage label, study) -> the study, opened once per process
+
+
+def _open_study(record: dict[str, Any], studies: dict[str, Any]) -> Any:
+    """The study a request names: the caller's own open study of that name, else loaded once."""
+    name, label = record["study"], record["storage"]
+    if name in studies:
+        return studies[name]
+    if (label, name) not in _OPENED:
+        import optuna
+
+        _OPENED[(label, name)] = optuna.load_study(study_name=name, storage=_storage(label))
+    return _OPENED[(label, name)]
+
+
+def _ingest_request(con: duckdb.DuckDBPyConnection, results: Path, request: Request, studies: dict[str, Any]) -> None:
+    if request.kind == "run":
+        run_path = results / "runs" / request.name
+        if (run_path / "run.json").exists():
+            _ingest_run(con, run_path)
+        return
+    record = study_record(request)
+    _ingest_study(con, _open_study(record, studies), record["experiment"], record["storage"])
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(text: str) -> None:
+    if text not in _WARNED:
+        _WARNED.add(text)
+        print(f"[ingest] {text}", file=sys.stderr, flush=True)
+
+
+def _ingest_requests(results: Path, requests: list[Request], studies: dict[str, Any]) -> list[Request]:
+    """Each request in its own transaction on one connection; the ones that went in. One that
+    fails (a ledger line half written, a study's storage unreachable) waits for the next round."""
+    ok = []
+    with writing(results) as con:
+        for request in requests:
+            try:
+                with transaction(con):
+                    _ingest_request(con, results, request, studies)
+            except Exception as exc:  # noqa: BLE001 - the others go in; this one is retried
+                _warn_once(f"{request.kind} {request.name}: not ingested yet ({type(exc).__name__}: {exc}); retrying")
+            else:
+                ok.append(request)
+    return ok
+
+
+def drain(results: str | Path, studies: Optional[dict[str, Any]] = None, block: bool = True) -> Optional[int]:
+    """One round of the ingester: take every queued request (``platform.ingest_queue``) and load
+    it, holding the store's writer lock throughout. Returns how many went in, or None without
+    ``block`` when another process holds the lock (it is ingesting: what is queued is its, or the
+    next round's). ``studies``: open studies by name, used instead of reopening their storage."""
+    results = Path(results)
+    lock = writer_lock(results)
+    if not lock.acquire(blocking=block):
+        return None
+    try:
+        requests = claim(results)
+        if not requests:
+            return 0
+        try:
+            ok = _ingest_requests(results, requests, studies or {})
+        except BaseException:
+            put_back(requests)  # the database could not be opened (a reader held it throughout)
+            raise
+        done(ok)
+        put_back([r for r in requests if r not in ok])
+        return len(ok)
+    finally:
+        lock.release()
+
+
+class Ingester:
+    """A driver's part in ingesting: drivers only queue requests, and while one runs, this thread
+    takes the queue whenever no other process holds the writer lock (another driver's thread, a
+    ``--follow`` ingester). ``stop`` then waits its turn and takes what is left, so the driver's
+    requests are in DuckDB when it ends, whoever else is still running."""
+
+    def __init__(self, results: str | Path, studies: Optional[dict[str, Any]] = None, poll_s: float = 0.5):
+        self.results, self.studies, self.poll_s = Path(results), dict(studies or {}), poll_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="ingester", daemon=True)
+
+    def round(self, block: bool) -> Optional[int]:
+        try:
+            return drain(self.results, self.studies, block=block)
+        except Exception as exc:  # noqa: BLE001 - the requests stay queued for the next round
+            _warn_once(f"ingest round failed, requests kept for the next one: {type(exc).__name__}: {exc}")
+            return None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.round(block=False)
+
+    def start(self) -> "Ingester":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if self.round(block=True) is None:
+            print(f"[ingest] {pending(self.results)} request(s) left in {self.results / 'ingest_queue'}: another "
+                  f"driver, or `python -m platform.ingest --results {self.results}`, loads them", file=sys.stderr,
+                  flush=True)
+
+
+def follow(results: str | Path, poll_s: float = 1.0) -> None:
+    """A dedicated ingester: take the queue every ``poll_s`` seconds until interrupted."""
+    print(f"[ingest] following {Path(results) / 'ingest_queue'} (Ctrl-C to stop)", flush=True)
+    while True:
+        try:
+            n = drain(results)
+        except Exception as exc:  # noqa: BLE001 - a locked store now is a free one later
+            _warn_once(f"ingest round failed, requests kept for the next one: {type(exc).__name__}: {exc}")
+            n = None
+        if n:
+            print(f"[ingest] {n} request(s) ingested", flush=True)
+        time.sleep(poll_s)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m platform.ingest", description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="results", help="results folder (default: results)")
+    parser.add_argument("--follow", action="store_true",
+                        help="keep running: load what the sweep drivers queue, as it comes (one ingester for all)")
+    parser.add_argument("--poll-s", type=float, default=1.0, help="with --follow: seconds between rounds")
     args = parser.parse_args(argv)
+    if args.follow:
+        try:
+            follow(args.results, args.poll_s)
+        except KeyboardInterrupt:
+            return
     rows = ingest_runs(args.results)
     studies = _ingest_all_studies(Path(args.results))
-    print(f"ingested {rows} stage rows from {args.results}/runs and {studies} studies into {args.results}/platform.duckdb")
+    queued = drain(args.results) or 0
+    print(f"ingested {rows} stage rows from {args.results}/runs, {studies} studies and {queued} queued "
+          f"request(s) into {args.results}/platform.duckdb")
 
 
 def _ingest_all_studies(results: Path) -> int:
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
 
     count = 0
     for journal in sorted((results / "optuna").glob("*.journal")):
-        storage = JournalStorage(JournalFileBackend(str(journal)))
+        storage = _storage(str(journal))
         for summary in optuna.get_all_study_summaries(storage):
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
             experiment = study.user_attrs.get("experiment", summary.study_name)

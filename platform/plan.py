@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -44,3 +45,24 @@ def describe(plan: Plan, results: Optional[Path] = None) -> str:
         shards = f" x{stage.num_shards} shards" if stage.num_shards > 1 else ""
         lines.append(f"  {stage.display:<18} key={stage.key}{shards}  ({deps or 'no inputs'}){state}")
     return "\n".join(lines)
+
+
+def force(plan: Plan, names: set[str], salt: str) -> Plan:
+    """A copy of ``plan`` in which the stages named in ``names`` (a stage name such as ``eval``, or
+    one stage such as ``eval[2]``) get new keys, and so every stage after them: they are recomputed
+    into new folders and nothing finished is overwritten. Unknown names are a ValueError."""
+    known = {s.name for s in plan.stages} | {s.display for s in plan.stages}
+    unknown = sorted(names - known)
+    if unknown:
+        raise ValueError(f"force: {', '.join(unknown)} names no stage of this run; its stages: "
+                         f"{', '.join(dict.fromkeys(s.name for s in plan.stages))}")
+    copies: dict[int, Stage] = {}
+
+    def copy(stage: Stage) -> Stage:
+        if id(stage) not in copies:
+            hit = stage.name in names or stage.display in names
+            copies[id(stage)] = dataclasses.replace(stage, inputs={k: copy(v) for k, v in stage.inputs.items()},
+                                                    salt=salt if hit else stage.salt)
+        return copies[id(stage)]
+
+    return Plan(plan.kind, [copy(s) for s in plan.stages], [copy(s) for s in plan.reports])

@@ -27,18 +27,45 @@ def print_study_summary(study: Any, cfg: Any) -> None:
     names = [o.metric for o in cfg.sweep.objectives]
     print(f"\nstudy {study.study_name}: {len(trials)} trials")
     for t in trials:
-        values = "" if t.values is None else "  " + "  ".join(f"{n}={v:.4g}" for n, v in zip(names, t.values))
+        values = "" if t.values is None else "  " + "  ".join(_value(t, n, v) for n, v in zip(names, t.values))
         failed = t.state == TrialState.FAIL and "error" in t.user_attrs
         err = f"  error: {_short(t.user_attrs['error'])}" if failed else ""
         note = "  (interrupted, retried)" if t.user_attrs.get("interrupted") else ""
         print(f"  #{t.number:<3} {t.state.name:<9} {t.params}{values}{err}{note}")
     _print_by_iteration(study, cfg, trials)
+    _print_reuse(cfg, trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
         best = study.best_trials if len(names) > 1 else [study.best_trial]
         label = "Pareto front" if len(names) > 1 else "best"
         print(f"{label}: " + ", ".join(f"#{t.number} {t.params}" for t in best))
     print(f"results: {cfg.paths.results}/platform.duckdb  (python -m platform.query \"select * from iterations\")")
+
+
+def _value(trial: Any, name: str, value: float) -> str:
+    """``name=value``, with ``± SE (n seeds)`` for a trial run over replicate seeds."""
+    se = trial.user_attrs.get(f"{name}_se")
+    seeds = trial.user_attrs.get("seeds")
+    return f"{name}={value:.4g}" + (f" ± {se:.2g} ({len(seeds)} seeds)" if se is not None and seeds else "")
+
+
+def _print_reuse(cfg: Any, trials: list) -> None:
+    """E-step samples drawn now against those taken from the sample store, over the trials' runs
+    (each computed stage once: a stage shared by several runs is cached in all but one)."""
+    from platform.store import query_rows
+
+    runs = sorted({r for t in trials for r in (t.user_attrs.get("run_ids") or [t.user_attrs.get("run_id")]) if r})
+    if not runs:
+        return
+    try:
+        ((drawn, reused, generated, tok_reused),) = query_rows(cfg.paths.results, f"""
+            select sum(samples_drawn), sum(samples_reused), sum(tokens_generated), sum(tokens_reused) from stages
+            where stage = 'estep' and not cached and run_id in ({", ".join("?" * len(runs))})""", runs)
+    except Exception:  # noqa: BLE001 - no store yet, or one from before the sample store
+        return
+    if drawn is not None:
+        print(f"E-step samples: {int(drawn):,} drawn, {int(reused or 0):,} reused from the sample store "
+              f"({int(generated or 0):,} tokens generated, {int(tok_reused or 0):,} reused)")
 
 
 def _print_by_iteration(study: Any, cfg: Any, trials: list) -> None:

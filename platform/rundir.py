@@ -57,8 +57,13 @@ class RunDir:
         self.logs.mkdir(parents=True, exist_ok=True)
         (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         (self.path / "overrides.yaml").write_text(yaml.safe_dump({"overrides": overrides, "params": meta.get("params", {})}))
-        (self.path / "git.json").write_text(json.dumps(git))
         previous = self.read_meta()
+        if previous.get("status") == "completed" and (self.path / "git.json").exists():
+            # a finished run's results came from the commit it recorded: a later invocation (a cache
+            # hit, a from_run) keeps that record and notes its own commit beside it
+            meta = {**meta, "last_git": git}
+        else:
+            (self.path / "git.json").write_text(json.dumps(git))
         if previous.get("status") == "completed" and previous.get("trial") is not None:
             # a trial repeating a finished run's params: the run stays the one that trial produced
             repeat = [{"study": meta.get("study"), "trial": meta["trial"]}] if meta.get("trial") is not None else []

@@ -67,6 +67,20 @@ CREATE TABLE IF NOT EXISTS shards (
 );
 -- The shards of a stage the run got from the cache: not compute this run spent (as stages.cached).
 ALTER TABLE shards ADD COLUMN IF NOT EXISTS cached BOOLEAN;
+-- The E-step's sample store: tokens_in / tokens_out / flops stay what the result costs drawn from
+-- scratch (the estep_flops objective; the same with the store on or off); these say what of it was
+-- computed now (tokens_generated, samples_drawn, flops_computed) and what was taken from the store
+-- (tokens_reused, samples_reused). NULL for stages that have no samples and for older markers.
+ALTER TABLE stages ADD COLUMN IF NOT EXISTS tokens_generated BIGINT;
+ALTER TABLE stages ADD COLUMN IF NOT EXISTS tokens_reused BIGINT;
+ALTER TABLE stages ADD COLUMN IF NOT EXISTS samples_drawn BIGINT;
+ALTER TABLE stages ADD COLUMN IF NOT EXISTS samples_reused BIGINT;
+ALTER TABLE stages ADD COLUMN IF NOT EXISTS flops_computed DOUBLE;
+ALTER TABLE shards ADD COLUMN IF NOT EXISTS tokens_generated BIGINT;
+ALTER TABLE shards ADD COLUMN IF NOT EXISTS tokens_reused BIGINT;
+ALTER TABLE shards ADD COLUMN IF NOT EXISTS samples_drawn BIGINT;
+ALTER TABLE shards ADD COLUMN IF NOT EXISTS samples_reused BIGINT;
+ALTER TABLE shards ADD COLUMN IF NOT EXISTS flops_computed DOUBLE;
 -- Per run and iteration, the eval stage's metrics side by side, each at the last step the stage logged
 -- it (the value the orchestrator reports to Optuna). The views are replaced on every write, so a store
 -- written by an earlier version is upgraded in place; readers define them afresh (platform/store.py).
@@ -98,3 +112,13 @@ WITH estep AS (
 SELECT i.run_id, i.kind, i.iteration, r.params, c.cum_estep_flops, i.accuracy,
        i.accuracy - first_value(i.accuracy) OVER (PARTITION BY i.run_id ORDER BY i.iteration) AS gain
 FROM iterations i JOIN runs r USING (run_id) LEFT JOIN cum c USING (run_id, iteration);
+-- Replicate seeds (sweep.seeds): a trial ran once per seed; "values" are the means over them,
+-- values_se their standard errors (objective order), run_ids the runs (seed order).
+ALTER TABLE trials ADD COLUMN IF NOT EXISTS seeds INTEGER[];
+ALTER TABLE trials ADD COLUMN IF NOT EXISTS run_ids VARCHAR[];
+ALTER TABLE trials ADD COLUMN IF NOT EXISTS values_se DOUBLE[];
+-- Compute spent by the study's drivers (every stage computed, not cached) and why a budget stopped it.
+ALTER TABLE studies ADD COLUMN IF NOT EXISTS spend_flops DOUBLE;
+ALTER TABLE studies ADD COLUMN IF NOT EXISTS spend_gpu_hours DOUBLE;
+ALTER TABLE studies ADD COLUMN IF NOT EXISTS spend_wall_s DOUBLE;
+ALTER TABLE studies ADD COLUMN IF NOT EXISTS stopped_by_budget VARCHAR;

@@ -115,6 +115,7 @@ class Stage:
     profile: str = "default"  # launcher resource profile: estep | mstep | eval | default
     label: Optional[str] = None  # display name, e.g. "estep[2]"
     version: str = "1"  # the stage's own semantics version: bump it when the same input means another result
+    salt: Optional[str] = None  # set by a forced rerun (platform/rerun.py): new keys, new folders, nothing overwritten
 
     @cached_property
     def key(self) -> str:
@@ -124,6 +125,7 @@ class Stage:
             "version": self.version,
             "params": result_fields(self.params),
             "inputs": {k: s.key for k, s in sorted(self.inputs.items())},
+            **({"salt": self.salt} if self.salt else {}),
         }
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,8 +1,10 @@
 """The DuckDB results store. One writer (the ingester) that holds the file only briefly.
 
 DuckDB lets one process hold a database file for writing and no other process open it meanwhile,
-so every write opens, writes in one transaction, and closes; both writers and readers retry while
-the file is locked. Jobs never open the database: they write files that the ingester loads.
+so every write opens, writes in one transaction, and closes. Writers take turns on a lock file
+(:func:`writer_lock`), so two never meet on DuckDB's own lock; readers retry while the file is
+locked, and so does a writer that meets a reader. Jobs never open the database: they write files
+that the ingester loads.
 
 The tables and views are defined once, in ``schema.sql``. A writer applies the whole file, which
 upgrades a store written by an earlier version in place (``ADD COLUMN IF NOT EXISTS``, ``CREATE OR
@@ -26,6 +28,7 @@ from typing import Iterator
 import duckdb
 
 from platform import samples
+from platform.locks import FileLock, named_lock
 from platform.samples import check_user_sql  # noqa: F401 (the sandbox's statement check)
 
 SCHEMA = Path(__file__).with_name("schema.sql")
@@ -72,23 +75,51 @@ def connect(path: str | Path, read_only: bool = False, retries: int = 100, wait_
                       f"({retries * wait_s:.0f} s); retry in a moment ({last})")
 
 
+def writer_lock(results: str | Path) -> FileLock:
+    """Held by whoever writes the store, for as long as it has the file open: one writer at a time
+    across processes and machines (``platform.locks``), each waiting its turn instead of spending
+    DuckDB's lock retries on another writer."""
+    return named_lock(results, "duckdb")
+
+
 @contextmanager
-def writer(results: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
+def writing(results: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection that may write, schema.sql applied, under the writer lock; the caller's
+    transactions (:func:`transaction`) are its own."""
     path = db_path(results)
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = connect(path)
+    with writer_lock(results):
+        con = connect(path)
+        try:
+            con.execute(SCHEMA.read_text())
+            with transaction(con):
+                samples.upgrade(con, results)  # a store that copied the E-step rows in
+            yield con
+            # The estep_samples view over the files listed now. Readers cannot open the file before
+            # this (the connection holds it), and until it commits the file's view stays consistent:
+            # files listed since are not in it yet (no place in its list).
+            with transaction(con):
+                samples.refresh(con, results)
+        finally:
+            con.close()
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    con.execute("BEGIN TRANSACTION")
     try:
-        con.execute(SCHEMA.read_text())
-        con.execute("BEGIN TRANSACTION")
-        samples.upgrade(con, results)
         yield con
-        samples.refresh(con, results)  # the estep_samples view over the files listed now
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    finally:
-        con.close()
+
+
+@contextmanager
+def writer(results: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open, one transaction, close: how the store is written."""
+    with writing(results) as con, transaction(con):
+        yield con
 
 
 @lru_cache(maxsize=4)

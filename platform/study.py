@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
-from optuna.storages import JournalStorage
+from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
@@ -23,9 +24,30 @@ from platform.config import ParamSpec, SweepConfig
 MAX_ENUMERATED_POINTS = 100_000
 
 
+def _rdb_storage(sweep: SweepConfig, attempts: int = 5) -> RDBStorage:
+    """Optuna's RDB storage with heartbeats. Drivers started together on an empty database race to
+    create Optuna's tables (PostgreSQL: duplicate key in pg_type); the losers try again and find
+    them made."""
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(sweep.storage, engine_kwargs={"pool_pre_ping": True},
+                                  heartbeat_interval=sweep.heartbeat_interval, grace_period=sweep.grace_period)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def storage_for(sweep: SweepConfig, results: Path, study_name: str) -> Any:
     if sweep.storage:
-        return sweep.storage  # any Optuna storage URL, e.g. postgresql://... on a cluster
+        # any Optuna RDB URL, e.g. postgresql://... on a cluster: several drivers may share it, each
+        # beating for its trials in flight (platform/multidriver.py)
+        return _rdb_storage(sweep)
     path = Path(results) / "optuna" / f"{study_name}.journal"
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))

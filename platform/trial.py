@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from platform.app import load_app
 from platform.compose import to_dict
+from platform.plan import Plan
 from platform.orchestrator import Orchestrator, ReportFn, StageFailed
 from platform.rundir import RunDir, git_info
 from platform.validate import validate
@@ -36,15 +37,14 @@ def apply_params(raw: DictConfig, params: dict[str, Any], overrides: list[str], 
     OmegaConf.set_struct(raw, False)
     for key, value in params.items():
         OmegaConf.update(raw, key, value, merge=False)
-    schema = type(app.schema_instance())
-    cfg = validate(raw, schema, tuple(app.RULES))
+    cfg = validate(raw, app.schema, app.rules)
     return TrialSpec(cfg=cfg, raw=raw, params=params, overrides=overrides, study=study, trial=trial)
 
 
-def run_id_for(spec: TrialSpec) -> str:
+def run_id_for(spec: TrialSpec, plan: Optional[Plan] = None) -> str:
     """Same results -> same run: the hash of the plan's stage keys, so a retried or re-sampled trial,
     or one that only changes how fast or where its stages run, reuses the run folder."""
-    plan = load_app().build_plan(spec.cfg)
+    plan = plan or load_app().build_plan(spec.cfg)
     keys = [s.key for s in plan.stages]
     digest = hashlib.sha256(json.dumps([spec.cfg.experiment.name, keys]).encode()).hexdigest()[:10]
     return f"{spec.cfg.experiment.name}-s{spec.cfg.seed}-{digest}"
@@ -58,17 +58,18 @@ def _error_text(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
-def run_trial(spec: TrialSpec, orchestrator: Orchestrator, report: Optional[ReportFn] = None) -> tuple[str, dict[str, float]]:
-    app = load_app()
+def run_trial(spec: TrialSpec, orchestrator: Orchestrator, report: Optional[ReportFn] = None,
+              plan: Optional[Plan] = None, meta: Optional[dict[str, Any]] = None) -> tuple[str, dict[str, float]]:
+    """Run ``spec``'s plan (or ``plan``, e.g. a forced rerun's) in its run folder; ``meta`` adds to run.json."""
     cfg = spec.cfg
-    run_id = run_id_for(spec)
+    plan = plan or load_app().build_plan(cfg)
+    run_id = run_id_for(spec, plan)
     run = RunDir(Path(cfg.paths.results), run_id)
-    plan = app.build_plan(cfg)
     run.create(
         config=to_dict(spec.raw),
         overrides=spec.overrides,
         meta={"run_id": run_id, "experiment": cfg.experiment.name, "kind": plan.kind, "study": spec.study,
-              "trial": spec.trial, "seed": cfg.seed, "params": spec.params},
+              "trial": spec.trial, "seed": cfg.seed, "params": spec.params, **(meta or {})},
         git=git_info(),
     )
     try:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+
 
 
 class ConfigError(ValueError):
@@ -93,31 +95,19 @@ Rule = Callable[[DictConfig], list[str]]
 
 
 def validate(cfg: DictConfig, schema: type, rules: tuple[Rule, ...] = ()) -> Any:
-    """Return ``cfg`` as a typed ``schema`` instance, or raise one ConfigError listing every problem."""
+    """Return ``cfg`` as a typed ``schema`` instance, or raise one ConfigError listing every problem.
+
+    Once the schema holds, the platform's rules of its own sections (``platform.rules``) run, then
+    ``rules``, the app's."""
+    from platform.rules import check_platform_sections
+
     problems: list[str] = []
     _check_dataclass("", cfg, schema, problems)
     if not problems:
+        problems.extend(check_platform_sections(cfg, schema))
         for rule in rules:
             problems.extend(rule(cfg))
     if problems:
         raise ConfigError(problems)
     typed = OmegaConf.merge(OmegaConf.structured(schema), cfg)
     return OmegaConf.to_object(typed)
-
-
-def in_range(cfg: DictConfig, path: str, low: Optional[float] = None, high: Optional[float] = None) -> list[str]:
-    value = OmegaConf.select(cfg, path)
-    if value is None:
-        return []
-    if (low is not None and value < low) or (high is not None and value > high):
-        lo = "-inf" if low is None else low
-        hi = "inf" if high is None else high
-        return [f"{path}: must be in [{lo}, {hi}], got {value!r}"]
-    return []
-
-
-def one_of(cfg: DictConfig, path: str, allowed: tuple[str, ...]) -> list[str]:
-    value = OmegaConf.select(cfg, path)
-    if value is not None and value not in allowed:
-        return [f"{path}: must be one of {', '.join(allowed)}; got {value!r}"]
-    return []

@@ -88,6 +88,22 @@ else:
         else:
             st.plotly_chart(fig, key=f"sw_{title}")
 
+replicates = data.load_optional(data.REPLICATE_TRIALS_SQL, study_name)  # stores before sweep.seeds lack the columns
+if not replicates.empty:
+    names = list(row["metric_names"]) if row.get("metric_names") is not None else ["objective 0"]
+    table = data.replicate_table(replicates, names)
+    st.subheader(f"Trials over replicate seeds ({int(table['seeds'].max())} seeds each): mean ± standard error")
+    for i, name in enumerate(names):
+        st.plotly_chart(figures.replicate_values(table, name), key=f"sw_rep_{i}")
+    if len(names) == 2:  # the front of the means, the second objective across, the first up
+        y, x = names
+        directions = list(row["directions"])
+        front = data.pareto_mask(table[x] * (1 if directions[1] == "minimize" else -1),
+                                 table[y] * (1 if directions[0] == "maximize" else -1))
+        st.plotly_chart(figures.pareto_front(table, x, y, front, x, y, x_err=f"{x}_se", y_err=f"{y}_se"),
+                        key="sw_rep_pareto")
+    st.dataframe(table, hide_index=True)
+
 st.subheader("Pareto front: accuracy vs E-step compute")
 points = data.load(data.PARETO_SQL)
 if study_name in set(points["study"].dropna()):

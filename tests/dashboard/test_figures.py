@@ -73,3 +73,21 @@ def test_runs_by_kind_counts():
     fig = figures.runs_by_kind(runs)
     counts = {(t.name, x): y for t in fig.data for x, y in zip(t.x, t.y)}
     assert counts == {("completed", "bootstrap"): 1, ("completed", "raw"): 1, ("failed", "raw"): 1}
+
+
+def test_replicate_table_and_error_bars_by_hand():
+    import pandas as pd
+
+    from dashboard import data, figures
+
+    trials = pd.DataFrame({"number": [0, 1], "params": ['{"K": 1}', '{"K": 4}'],
+                           "values": [[0.5, 10.0], [0.7, 40.0]], "values_se": [[0.05, 0.0], [0.02, 1.0]],
+                           "seeds": [[0, 1, 2], [0, 1, 2]]})
+    table = data.replicate_table(trials, ["accuracy", "estep_flops"])
+    assert table[["accuracy", "accuracy_se", "estep_flops_se"]].values.tolist() == [[0.5, 0.05, 0.0], [0.7, 0.02, 1.0]]
+    fig = figures.replicate_values(table, "accuracy")
+    assert list(fig.data[0].error_y.array) == [0.05, 0.02] and list(fig.data[0].y) == [0.5, 0.7]
+    front = data.pareto_mask(table["estep_flops"], table["accuracy"])
+    pareto = figures.pareto_front(table, "estep_flops", "accuracy", front, x_err="estep_flops_se", y_err="accuracy_se")
+    assert list(pareto.data[0].error_y.array) == [0.05, 0.02] and list(pareto.data[0].error_x.array) == [0.0, 1.0]
+    assert front.tolist() == [True, True]  # more compute, more accuracy: both on the front

@@ -158,10 +158,10 @@ def make_stage_dirs(tmp_path, docs, sampler):
     return data, model
 
 
-def stage_config(k=2, batch_size=16, group_docs=2):
-    return EStepInput(num_samples=k, max_thought_tokens=5, temperature=1.0, context_chunks=2,
+def stage_config(k=2, batch_size=16, group_docs=2, sample_store=True, max_thought_tokens=5):
+    return EStepInput(num_samples=k, max_thought_tokens=max_thought_tokens, temperature=1.0, context_chunks=2,
                       chunking=Chunking(1.0, 3), thought_chunks="all", sampler=sampler_spec(batch_size=batch_size),
-                      iteration=1, seed=5, group_docs=group_docs)
+                      iteration=1, seed=5, group_docs=group_docs, sample_store=sample_store)
 
 
 def run_all(tmp_path, data, model, name, num_shards=2, k=2, **params):
@@ -286,3 +286,154 @@ def test_thought_correctness_and_chunk_types_by_hand():
     ess_1 = 1.0 / (np.exp(-2.0) ** 2 + np.exp(-3.0) ** 2) * (np.exp(-2.0) + np.exp(-3.0)) ** 2
     assert m["ess_annotated"] == pytest.approx((ess_1 + 2.0) / 2)
     assert m["elbo_2_unannotated"] == pytest.approx(-1.0)
+
+
+# ------------------------------------------------------------------ the sample store
+KEY = ["doc_id", "chunk_id", "sample_idx"]
+STORE_OPTS = {**OPTS, "max_thought_tokens": 10}
+
+
+@pytest.fixture(scope="module")
+def stopping():
+    """The tiny model with its EoL row scaled (embeddings are tied): about a third of its thoughts
+    end with EoL within 10 tokens, the rest are cut there."""
+    model = tiny_model(seed=1)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[tiny_tokenizer().convert_tokens_to_ids(EOL)] *= 4.0
+    return HFSampler(model, tiny_tokenizer(), batch_size=16)
+
+
+def hf_store(tmp_path):
+    from experiments.sample_store import SampleStore
+
+    return SampleStore(tmp_path, "ckpt", {"backend": "hf", "dtype": "float32", "fan_out": None})
+
+
+def frame_of(rows):
+    return pd.DataFrame(rows, columns=estep.SAMPLE_COLUMNS).sort_values(KEY).reset_index(drop=True)
+
+
+def assert_same_samples(got, want):
+    """Sample for sample: ids, text, finished, selection exactly; log values to float32 rounding (a
+    top-up draws and scores in batches of another composition than one K=8 call)."""
+    pd.testing.assert_frame_equal(got.drop(columns=FLOATS), want.drop(columns=FLOATS), check_exact=True)
+    np.testing.assert_allclose(got[FLOATS].to_numpy(), want[FLOATS].to_numpy(), rtol=1e-6, atol=0)
+
+
+def test_k_topped_up_from_the_store_is_k_from_scratch(tmp_path, docs, stopping):
+    """K=8 from scratch == K=4, then topped up to 8 from the store: only indices 4-7 are drawn and
+    scored, and samples 0-3 are those of K=4 as they are."""
+    scratch = frame_of(estep.infer_thoughts(stopping, docs[:3], **{**STORE_OPTS, "num_samples": 8})[0])
+    store = hf_store(tmp_path)
+    k4 = frame_of(estep.infer_thoughts(stopping, docs[:3], **{**STORE_OPTS, "num_samples": 4}, store=store)[0])
+    spy = SpySampler(stopping)
+    rows, _, counts = estep.infer_thoughts(spy, docs[:3], **{**STORE_OPTS, "num_samples": 8}, store=store)
+    topped = frame_of(rows)
+    assert_same_samples(topped, scratch)
+    assert [(c[2]["first"], len(c[1][0])) for c in spy.sample_calls] == [(4, 4)]
+    assert len(spy.score_calls[0][0]) == 4 * counts["num_chunks"] == counts["samples_drawn"] == counts["samples_reused"]
+    reused = topped[topped.sample_idx < 4].drop(columns=["log_w", "selected"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(reused, k4.drop(columns=["log_w", "selected"]), check_exact=True)
+    # all stored now: nothing drawn, and the same rows to the bit
+    again, _, counts = estep.infer_thoughts(spy, docs[:3], **{**STORE_OPTS, "num_samples": 8}, store=store)
+    assert len(spy.sample_calls) == 1 and counts["samples_drawn"] == counts["tokens_generated"] == 0
+    pd.testing.assert_frame_equal(frame_of(again), topped, check_exact=True)
+
+
+def test_an_empty_store_draws_what_no_store_draws_to_the_bit(tmp_path, docs, sampler):
+    plain = estep.infer_thoughts(sampler, docs[:2], **STORE_OPTS)
+    stored = estep.infer_thoughts(sampler, docs[:2], **STORE_OPTS, store=hf_store(tmp_path))
+    pd.testing.assert_frame_equal(frame_of(stored[0]), frame_of(plain[0]), check_exact=True)
+    assert stored[1] == plain[1] and stored[2] == plain[2]
+
+
+def test_finished_samples_serve_a_longer_cap(tmp_path, docs, stopping):
+    """Under cap 10 some thoughts finish; under cap 40 only the cut ones are drawn again."""
+    store = hf_store(tmp_path)
+    short, _, _ = estep.infer_thoughts(stopping, docs[:3], **STORE_OPTS, store=store)
+    short = frame_of(short)
+    done = int((short.finished & (short.thought_tokens < 10)).sum())
+    assert 0 < done < len(short)
+    scratch, _, _ = estep.infer_thoughts(stopping, docs[:3], **{**STORE_OPTS, "max_thought_tokens": 40})
+    rows, _, counts = estep.infer_thoughts(stopping, docs[:3], **{**STORE_OPTS, "max_thought_tokens": 40}, store=store)
+    assert_same_samples(frame_of(rows), frame_of(scratch))
+    assert counts["samples_reused"] == done and counts["samples_drawn"] == len(short) - done
+
+
+def test_store_counts_by_hand(tmp_path):
+    """One chunk; fake sample j has j + 1 tokens and finishes when j is even (then its EoL counts)."""
+    from experiments.corpus import text_document
+
+    tok = tiny_tokenizer()
+
+    class Fake:
+        tokenizer = tok
+
+        def __init__(self):
+            self.calls = []
+
+        def sample(self, prompts_ids, n, max_tokens, first=0, **kw):
+            self.calls.append((len(prompts_ids[0]), first, n))
+            return [[SampleOut([40] * (j + 1), [-0.5] * (j + 1), tok.decode([40] * (j + 1)), j % 2 == 0, -0.25)
+                     for j in range(first, first + n)] for _ in prompts_ids]
+
+        def score(self, prefix_ids, cont_ids):
+            self.frame = len(prefix_ids[0]) + len(cont_ids[0]) - len([t for t in cont_ids[0] if t == 40])
+            return [-3.0] * len(cont_ids)
+
+    doc, opts = text_document("d0", "One two. Three four."), {**OPTS, "max_sentences": 20, "poisson_mean": 10.0}
+    store, fake = hf_store(tmp_path), Fake()
+    _, _, k2 = estep.infer_thoughts(fake, [doc], **{**opts, "num_samples": 2}, store=store)
+    _, _, k3 = estep.infer_thoughts(fake, [doc], **{**opts, "num_samples": 3}, store=store)
+    prompt, s = fake.calls[0][0], fake.frame  # prompt tokens; scoring tokens besides the thought's
+    assert fake.calls[1][1:] == (2, 1)
+    # K=2: samples of 1 (+EoL) and 2 tokens; K=3 adds one of 3 (+EoL)
+    assert k2 == {"tokens_in": prompt + 2 * s + 3, "tokens_out": 4, "num_chunks": 1, "tokens_in_computed": prompt + 2 * s + 3,
+                  "tokens_generated": 4, "tokens_reused": 0, "samples_drawn": 2, "samples_reused": 0}
+    assert k3 == {"tokens_in": prompt + 3 * s + 6, "tokens_out": 8, "num_chunks": 1, "tokens_in_computed": prompt + s + 3,
+                  "tokens_generated": 4, "tokens_reused": 4, "samples_drawn": 1, "samples_reused": 2}
+
+
+def store_stage(tmp_path, docs, sampler):
+    """A results folder as the orchestrator lays it out: data, a model stage, the E-step's folders."""
+    results = tmp_path / "results"
+    data = results / "artifacts" / "prepare_data" / "p0"
+    data.mkdir(parents=True)
+    save_docs(data / "train_docs.jsonl", docs)
+    (data / "em_docs.json").write_text(json.dumps([d.doc_id for d in docs]))
+    model = results / "artifacts" / "mstep" / "m0"
+    sampler.model.save_pretrained(model / "model")
+    sampler.tokenizer.save_pretrained(model / "model")
+    return results, data, model
+
+
+def run_stored(results, data, model, name, num_shards=2, **params):
+    stage_dir = results / "artifacts" / "estep" / name
+    config = stage_config(**params)
+    lineage = {"model": {"stage": "mstep", "key": "m0"}, "data": {"stage": "prepare_data", "key": "p0"}}
+    for i in range(num_shards):
+        ctx = StageContext("estep", name, shard_dir(stage_dir, i, num_shards), config,
+                           {"data": data, "model": model}, 1, i, num_shards, lineage)
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        estep.run_shard(ctx)
+    ctx = StageContext("estep", name, stage_dir, config, {"data": data, "model": model}, 1, 0, num_shards, lineage)
+    return stage_dir, estep.merge(ctx)
+
+
+def test_stages_share_samples_through_the_results_folder(tmp_path, docs, sampler):
+    """Two E-step stages (K=2, then K=4 on another shard count) from one checkpoint: the second draws
+    only indices 2-3; its samples are those of a store-less K=4 and its ``flops`` (the sweep's
+    objective) too, while ``flops_computed`` counts what it computed."""
+    results, data, model = store_stage(tmp_path, docs, sampler)
+    _, k2 = run_stored(results, data, model, "k2", k=2, max_thought_tokens=10)
+    k4_dir, k4 = run_stored(results, data, model, "k4", num_shards=3, k=4, max_thought_tokens=10)
+    off_dir, off = run_stored(results, data, model, "off", k=4, max_thought_tokens=10, sample_store=False)
+    assert_same_samples(pd.read_parquet(k4_dir / "estep_samples.parquet"), pd.read_parquet(off_dir / "estep_samples.parquet"))
+    assert list((results / "sample_store").iterdir()) == [results / "sample_store" / "m0"]
+    assert k4["samples_reused"] == k2["samples_drawn"] == k2["num_chunks"] * 2 == k4["samples_drawn"]
+    assert k4["tokens_reused"] == k2["tokens_generated"] == k2["tokens_out"]
+    assert k4["tokens_generated"] + k4["tokens_reused"] == k4["tokens_out"] == off["tokens_out"] == off["tokens_generated"]
+    assert k4["flops"] == off["flops"] == off["flops_computed"] and 0 < k4["flops_computed"] < k4["flops"]
+    n_params = sum(p.numel() for p in sampler.model.parameters())
+    assert k4["flops_computed"] == pytest.approx(2 * n_params * (k4["tokens_in_computed"] + k4["tokens_generated"]))
+    assert off["samples_reused"] == off["tokens_reused"] == 0

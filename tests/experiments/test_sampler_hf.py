@@ -206,6 +206,27 @@ def test_greedy_matches_transformers_generate(sampler):
         assert o.token_ids == ref
 
 
+def test_sample_j_is_the_same_drawn_with_others_or_alone(sampler):
+    """Indices first..first+n-1: the samples of one n=8 draw, whatever else is drawn beside them
+    (what the E-step's sample store tops K up with). Ids, text and finished exactly; log q to float32
+    rounding, since the decode batch holds other rows."""
+    tok = sampler.tokenizer
+    prompts = [enc(tok, "Q: 3*4+5? A:"), enc(tok, "Q: 2*2+2? A: 6."), enc(tok, "Q: 9")]
+    stop = enc(tok, ".")[-1]
+    full = sampler.sample(prompts, n=8, max_tokens=12, stop_token_id=stop, seed=3)
+    assert any(s.finished for row in full for s in row) and not all(s.finished for row in full for s in row)
+    head = sampler.sample(prompts, n=4, max_tokens=12, stop_token_id=stop, seed=3)
+    tail = sampler.sample(prompts, n=4, max_tokens=12, stop_token_id=stop, seed=3, first=4)
+    one = sampler.sample(prompts[1:2], n=1, max_tokens=12, stop_token_id=stop, seed=3, first=6)
+    for row, parts in zip(full, [h + t for h, t in zip(head, tail)]):
+        assert [(s.token_ids, s.text, s.finished) for s in row] == [(s.token_ids, s.text, s.finished) for s in parts]
+        np.testing.assert_allclose([s.logprob_sum for s in row], [s.logprob_sum for s in parts], rtol=1e-6)
+    assert one[0][0].token_ids == full[1][6].token_ids
+    assert row_keys(3, prompts[0], 4, first=4) == row_keys(3, prompts[0], 8)[4:]
+    with pytest.raises(ValueError, match="first"):
+        sampler.sample(prompts, n=1, max_tokens=2, first=-1)
+
+
 def test_gumbel_max_draws_follow_the_softmax():
     probs = torch.tensor([0.05, 0.15, 0.3, 0.5])
     n = 20_000

@@ -23,7 +23,7 @@ PERFORMANCE = [
     "sampler.batch_size=64", "sampler.gpu_memory_utilization=0.5", "sampler.max_model_len=4096",
     "sampler.tensor_parallel_size=2", "sampler.enforce_eager=true", "sampler.kv_cache_space_gb=8",
     "mstep.micro_batch_size=4", "mstep.checkpoint_every=7", "mstep.log_every=50", "mstep.num_threads=2",
-    "estep.group_docs=3", "estep.num_shards=4",
+    "estep.group_docs=3", "estep.num_shards=4", "estep.sample_store=false",
     "teacher.api_key_env=OTHER_KEY", "teacher.concurrency=2", "teacher.max_retries=1", "teacher.timeout_s=5",
     "launcher.max_parallel_jobs=3", "launcher.poll_interval_s=1.0", "sweep.parallel=1", "sweep.n_trials=5",
 ]
@@ -57,7 +57,8 @@ def test_the_perf_fields_are_what_the_key_leaves_out():
     estep = next(s for s in plan.stages if s.name == "estep")
     assert set(perf_fields(estep.params)) == {
         "sampler.batch_size", "sampler.gpu_memory_utilization", "sampler.max_model_len",
-        "sampler.tensor_parallel_size", "sampler.enforce_eager", "sampler.kv_cache_space_gb", "group_docs"}
+        "sampler.tensor_parallel_size", "sampler.enforce_eager", "sampler.kv_cache_space_gb", "group_docs",
+        "sample_store"}
     assert estep.num_shards == 2  # the shard count is the stage's, not its input's
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import platform
-from launchers import StageJobError, attach_jobs, cancel_jobs, job_state, submit_stage, wait_jobs
+from launchers import StageJobError, attach_jobs, build_launcher, cancel_jobs, job_state, submit_stage, wait_jobs
 from launchers.jobs import REQUEUE_LOG
 from platform.stage import MARKER, Stage, shard_dir
 
@@ -173,6 +173,19 @@ def test_a_restarted_driver_reattaches_by_job_id(tmp_path):
     assert len(_sacct_final(ids[0], rows_at_least=2)) == 2  # nothing was submitted twice
     with pytest.raises(ValueError, match="only slurm can reattach"):
         attach_jobs({"name": "local"}, tmp_path / "logs", ids)
+
+
+def test_the_slurm_launcher_reattaches_to_live_jobs_only(tmp_path):
+    launcher = build_launcher(SLURM)
+    jobs = launcher.submit(_stage("sleep", {"seconds": 3}), tmp_path / "r", tmp_path / "logs")
+    ids = [str(j.job_id) for j in jobs]
+    again = launcher.reattach(tmp_path / "logs", ids)
+    assert [str(j.job_id) for j in again] == ids  # still queued or running
+    launcher.wait(again)
+    deadline = time.time() + 60  # sacct may call a finished job COMPLETING a while
+    while launcher.reattach(tmp_path / "logs", ids) and time.time() < deadline:
+        time.sleep(0.5)
+    assert launcher.reattach(tmp_path / "logs", ids) == []  # finished: nothing to wait on
 
 
 def test_two_tasks_form_one_gloo_group(tmp_path):

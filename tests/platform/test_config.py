@@ -11,6 +11,8 @@ from tests.platform.conftest import run_cli
     ("estep.num_samples=0", "estep.num_samples", "[1, inf]"),
     ("data.raw_mix_ratio=1.5", "data.raw_mix_ratio", "[0.0, 1.0]"),
     ("sweep.n_trials=-1", "sweep.n_trials", "[1, inf]"),
+    ("sweep.heartbeat_interval=0", "sweep.heartbeat_interval", "[1, inf]"),
+    ("sweep.grace_period=30", "sweep.grace_period", "must exceed sweep.heartbeat_interval (60)"),
     ("estep.max_thought_tokens=0", "estep.max_thought_tokens", "[1, inf]"),
     ("estep.num_sample=4", "estep.num_sample", "allowed in estep: context_chunks, group_docs, max_thought_tokens, num_samples"),
     ("bogus=1", "bogus", "unknown key"),

@@ -54,3 +54,19 @@ def test_sharded_stage_resumes_only_missing_shards(tmp_path):
     metrics = [json.loads(x) for x in (st.out_dir(tmp_path) / "metrics.jsonl").read_text().splitlines()]
     assert metrics == [{"name": "parts", "step": 0, "value": 3}]
     assert st.is_complete(tmp_path)
+
+
+def test_stages_of_an_earlier_key_scheme_are_reported_not_silently_missed(tmp_path, capsys):
+    from platform.orchestrator import Orchestrator
+    from platform.stage import KEY_SCHEME, earlier_scheme_stages
+
+    st = Stage("prepare", FN + "prepare", {"sleep_s": 0})
+    run_stage(st, tmp_path)
+    assert earlier_scheme_stages(tmp_path) == []
+    old = tmp_path / "artifacts" / "prepare" / "0123456789abcdef"  # as the previous version wrote it
+    old.mkdir(parents=True)
+    (old / MARKER).write_text(json.dumps({"stage": "prepare", "key": old.name, "summary": {}}))
+    assert earlier_scheme_stages(tmp_path) == [old]
+    Orchestrator({"name": "debug"}, tmp_path)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "1 finished stage(s)" in out and f"(now {KEY_SCHEME})" in out

@@ -65,42 +65,77 @@ def test_reader_waits_for_a_brief_writer(tmp_path):
     assert out.stdout.strip() == "[0.5]"
 
 
-def test_a_store_and_runs_from_before_chunk_text_are_upgraded(tmp_path):
-    """A store created before estep_samples.chunk_text/finished and the shards table existed gains
-    them on the next write; sample files written before then ingest with NULL there."""
-    import pandas as pd
-
-    from platform.stage import MARKER
-
-    res = tmp_path / "r"
+def _older_store(res, *statements):
+    """A results folder whose store was created by ``statements`` (tables as an earlier schema had them)."""
     res.mkdir()
     con = duckdb.connect(str(db_path(res)))
-    con.execute("CREATE TABLE estep_samples (run_id VARCHAR, iteration INTEGER, doc_id VARCHAR, chunk_id INTEGER, "
-                "sample_idx INTEGER, thought VARCHAR, thought_tokens INTEGER, log_p_joint DOUBLE, log_q DOUBLE, "
-                "log_w DOUBLE, selected BOOLEAN, model_path VARCHAR)")
-    con.execute("INSERT INTO estep_samples VALUES ('old', 1, 'd', 0, 0, 'z', 1, -1, -1, 0, true, 'm')")
+    for sql in statements:
+        con.execute(sql)
     con.close()
+
+
+def _estep_run(res, shard_records, record):
+    """Run ``new`` whose one stage, an E-step, has these shard markers and this marker; its folder."""
+    from platform.stage import MARKER
+
     art = res / "artifacts" / "estep" / "k1"
-    for i in range(2):
-        shard = art / "shards" / f"{i:05d}"
+    for i, shard_record in enumerate(shard_records):
+        shard = art / "shards" / f"{i:05d}-of-{len(shard_records):05d}"
         shard.mkdir(parents=True)
-        (shard / MARKER).write_text(json.dumps({"shard_index": i, "job_id": f"7_{i}", "host": "h", "wall_s": 1.5 + i,
-                                                "started_at": 1.0, "ended_at": 3.0,
-                                                "summary": {"tokens_in": 10, "tokens_out": 5, "flops": 100.0}}))
-    (art / MARKER).write_text(json.dumps({"wall_s": 0.1, "summary": {"flops": 200.0}}))
-    pd.DataFrame({"doc_id": ["d"], "chunk_id": [0], "sample_idx": [0], "thought": ["z"], "thought_tokens": [1],
-                  "log_p_joint": [-1.0], "log_q": [-1.0], "log_w": [0.0], "selected": [True]}).to_parquet(
-        art / "estep_samples.parquet", index=False)
+        (shard / MARKER).write_text(json.dumps({"shard_index": i, **shard_record}))
+    (art / MARKER).write_text(json.dumps(record))
     run = res / "runs" / "new"
     run.mkdir(parents=True)
     (run / "run.json").write_text(json.dumps({"run_id": "new", "kind": "bootstrap", "status": "completed"}))
     (run / "stages.jsonl").write_text(json.dumps({"key": "k1", "stage": "estep", "iteration": 1, "status": "completed",
                                                    "artifact_dir": str(art)}) + "\n")
+    return art
+
+
+def test_a_store_and_runs_from_before_chunk_text_are_upgraded(tmp_path):
+    """A store created before estep_samples.chunk_text/finished and the shards table existed gains
+    them on the next write; sample files written before then ingest with NULL there."""
+    import pandas as pd
+
+    res = tmp_path / "r"
+    _older_store(res, "CREATE TABLE estep_samples (run_id VARCHAR, iteration INTEGER, doc_id VARCHAR, chunk_id INTEGER, "
+                      "sample_idx INTEGER, thought VARCHAR, thought_tokens INTEGER, log_p_joint DOUBLE, log_q DOUBLE, "
+                      "log_w DOUBLE, selected BOOLEAN, model_path VARCHAR)",
+                 "INSERT INTO estep_samples VALUES ('old', 1, 'd', 0, 0, 'z', 1, -1, -1, 0, true, 'm')")
+    shard = {"host": "h", "started_at": 1.0, "ended_at": 3.0, "summary": {"tokens_in": 10, "tokens_out": 5, "flops": 100.0}}
+    art = _estep_run(res, [{**shard, "job_id": f"7_{i}", "wall_s": 1.5 + i} for i in range(2)],
+                     {"wall_s": 0.1, "summary": {"flops": 200.0}})
+    pd.DataFrame({"doc_id": ["d"], "chunk_id": [0], "sample_idx": [0], "thought": ["z"], "thought_tokens": [1],
+                  "log_p_joint": [-1.0], "log_q": [-1.0], "log_w": [0.0], "selected": [True]}).to_parquet(
+        art / "estep_samples.parquet", index=False)
     ingest_runs(res)
     rows = query_rows(res, "select run_id, chunk_text, finished from estep_samples order by run_id")
     shards = query_rows(res, "select shard, job_id, wall_s, flops from shards order by shard")
     assert rows == [("new", None, None), ("old", None, None)]
     assert shards == [(0, "7_0", 1.5, 100.0), (1, "7_1", 2.5, 100.0)]
+
+
+def test_reuse_counts_land_in_stages_and_shards_of_a_store_upgraded_in_place(tmp_path):
+    """The E-step's generated/reused counts (the sample store) get columns in ``stages`` and
+    ``shards``; a store whose tables predate them gains them, its old rows NULL there."""
+    res = tmp_path / "r"
+    _older_store(res, "CREATE TABLE stages (run_id VARCHAR, stage VARCHAR, iteration INTEGER, cache_key VARCHAR, "
+                      "job_id VARCHAR, status VARCHAR, cached BOOLEAN, started_at TIMESTAMP, ended_at TIMESTAMP, "
+                      "wall_s DOUBLE, tokens_in BIGINT, tokens_out BIGINT, flops DOUBLE, gpu_hours DOUBLE, "
+                      "artifact_dir VARCHAR)",
+                 "CREATE TABLE shards (run_id VARCHAR, stage VARCHAR, iteration INTEGER, cache_key VARCHAR, "
+                 "shard INTEGER, job_id VARCHAR, host VARCHAR, started_at TIMESTAMP, ended_at TIMESTAMP, wall_s DOUBLE, "
+                 "tokens_in BIGINT, tokens_out BIGINT, flops DOUBLE)",
+                 "INSERT INTO stages (run_id, stage, cache_key, flops) VALUES ('old', 'estep', 'k0', 1.0)")
+    counts = {"tokens_in": 10, "tokens_out": 8, "flops": 100.0, "tokens_generated": 3, "tokens_reused": 5,
+              "samples_drawn": 1, "samples_reused": 2, "flops_computed": 40.0}
+    _estep_run(res, [{"summary": {"tokens_out": 4}}, {"summary": counts}], {"summary": counts})
+    ingest_runs(res)
+    cols = "tokens_out, tokens_generated, tokens_reused, samples_drawn, samples_reused, flops, flops_computed"
+    assert query_rows(res, f"select run_id, {cols} from stages order by run_id") == [
+        ("new", 8, 3, 5, 1, 2, 100.0, 40.0), ("old", None, None, None, None, None, 1.0, None)]
+    assert query_rows(res, f"select shard, {cols} from shards order by shard") == [
+        (0, 4, None, None, None, None, None, None), (1, 8, 3, 5, 1, 2, 100.0, 40.0)]
 
 
 METRICS = [("r", 1, "eval", "accuracy", 0, 0.5), ("r", 1, "eval", "accuracy", 10, 0.4),

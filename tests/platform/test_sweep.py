@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from platform.store import query_rows
 from tests.platform.conftest import ROOT, TOY_ENV, run_cli
 
@@ -107,3 +109,108 @@ def test_kill_9_mid_trial_then_rerun_recomputes_nothing_and_duplicates_no_row(tm
 
 def test_a_trial_is_never_pruned_at_its_last_evaluation(tmp_path):
     assert _pruned_grid_states(tmp_path / "r", [0.3, 0.9, 0.95, 1.0], iterations=1) == ["COMPLETE"] * 4
+
+
+def test_replicate_seeds_give_each_trial_a_mean_and_a_standard_error(tmp_path):
+    import math
+
+    import optuna
+
+    res = tmp_path / "r"
+    run_cli("platform.sweep", f"paths.results={res}", "sweep.seeds=[0,1,2]", "sweep.n_trials=2", env=TOY_ENV, check=True)
+    rows = _q(res, "select number, \"values\"[1], values_se[1], seeds, len(run_ids), params from trials order by number")
+    assert len(rows) == 2
+    for number, value, se, seeds, n_runs, params in rows:
+        x = json.loads(params)["work.x"]
+        per_seed = [1 - (x - 0.3) ** 2 + 0.01 + 0.001 * s for s in (0, 1, 2)]  # the toy's score at iteration 1
+        assert value == pytest.approx(sum(per_seed) / 3)
+        assert se == pytest.approx(0.001 / math.sqrt(3))  # std of (0, .001, .002) / sqrt(3)
+        assert seeds == [0, 1, 2] and n_runs == 3
+    assert _q(res, "select count(*), count(distinct run_id) from runs") == [(6, 6)]
+    # the seeds share what does not involve the seed: `prepare` ran once for all six runs
+    assert sum(c["stage"] == "prepare" for c in _calls(res)) == 1
+    study = optuna.load_study(study_name="toy", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(res / "optuna" / "toy.journal"))))
+    t = study.trials[0]
+    assert t.user_attrs["accuracy_se"] == pytest.approx(0.001 / math.sqrt(3))
+    assert sorted(t.user_attrs["accuracy_per_seed"]) == ["0", "1", "2"]
+
+
+def test_pruning_sees_the_mean_over_seeds(tmp_path):
+    import optuna
+
+    res = tmp_path / "r"
+    run_cli("platform.sweep", f"paths.results={res}", "sweep.seeds=[0,3]", "sweep.n_trials=3", "sweep.pruner=median",
+            "sweep.parallel=1", env=TOY_ENV, check=True)
+    study = optuna.load_study(study_name="toy", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(res / "optuna" / "toy.journal"))))
+    for t in study.trials:
+        base = 1 - (t.params["work.x"] - 0.3) ** 2
+        assert t.intermediate_values[0] == pytest.approx(base + 0.0015)  # mean of seeds 0 and 3 at iteration 0
+
+
+def test_seed_in_the_search_space_and_replicate_seeds_conflict(tmp_path):
+    out = run_cli("platform.sweep", f"paths.results={tmp_path}/r", "sweep.seeds=[0,1]",
+                  "+sweep.search_space.seed={type: categorical, choices: [0, 1]}", env=TOY_ENV)
+    assert out.returncode == 2 and "sweep.seeds" in out.stderr and "search_space.seed" in out.stderr
+
+
+def test_a_flops_budget_stops_starting_trials_at_the_cap_and_records_the_spend(tmp_path):
+    res = tmp_path / "r"
+    # a toy trial computes 2 x 600 (train) + 2 x 1 (score) FLOPs, and the shared prepare 1 once
+    out = run_cli("platform.sweep", f"paths.results={res}", "sweep.budget.flops=1500", "sweep.parallel=1",
+                  "sweep.n_trials=4", env=TOY_ENV, check=True)
+    assert "budget reached: sweep.budget.flops: spent" in out.stdout and "FLOPs of 1.5e+03" in out.stdout
+    # the second trial, started under the cap, finishes; its spend is counted; no third starts
+    assert "[sweep] spent 2.4e+03 FLOPs" in out.stdout
+    assert _q(res, "select count(*), count(*) filter (where state = 'COMPLETE') from trials") == [(2, 2)]
+    ((spend, why),) = _q(res, "select spend_flops, stopped_by_budget from studies")
+    assert spend == 2405.0 and why.startswith("sweep.budget.flops: spent")
+
+
+def test_on_cap_stop_stops_running_trials_and_counts_their_spend(tmp_path):
+    res = tmp_path / "r"
+    out = run_cli("platform.sweep", f"paths.results={res}", "sweep.budget.flops=700", "sweep.budget.on_cap=stop",
+                  "sweep.parallel=2", "sweep.n_trials=4", "work.sleep_s=0.6", "work.iterations=3", env=TOY_ENV, check=True)
+    assert "budget reached" in out.stdout and "stopping 2 running" in out.stdout
+    states = _q(res, "select state, error from trials order by number")
+    assert len(states) == 2 and all(s == "FAIL" and "SweepStopped" in e and "budget" in e for s, e in states)
+    spend = _q(res, "select spend_flops from studies")[0][0]
+    assert spend >= 1201  # both first M-steps and the prepare stage, though the trials were stopped
+
+
+def _toy_run(res: Path, *args: str) -> dict:
+    out = run_cli("platform.run", f"paths.results={res}", *args, env=TOY_ENV, check=True)
+    return json.loads(out.stdout[out.stdout.index("{"):])
+
+
+def test_from_run_reproduces_a_run_as_a_cache_hit_and_force_recomputes_only_what_follows(tmp_path):
+    res = tmp_path / "r"
+    first = _toy_run(res, "work.x=0.4")
+    calls = len(_calls(res))
+    again = _toy_run(res, f"from_run={first['run_id']}")
+    assert again["run_id"] == first["run_id"] and again["accuracy"] == first["accuracy"]
+    assert len(_calls(res)) == calls  # a full cache hit
+    ledger = [json.loads(x) for x in (res / "runs" / first["run_id"] / "stages.jsonl").read_text().splitlines()]
+    done = [e for e in ledger if e["status"] == "completed"]
+    assert len(done) == 10 and all(e["cached"] for e in done[5:]) and not any(e["cached"] for e in done[:5])
+
+    old_eval = sorted(p.name for p in (res / "artifacts" / "eval").iterdir())
+    forced = _toy_run(res, f"from_run={first['run_id']}", "force=eval")
+    assert forced["run_id"] != first["run_id"] and forced["rerun_of"] == first["run_id"]
+    assert forced["accuracy"] == first["accuracy"]
+    new_calls = [c["stage"] for c in _calls(res)[calls:]]
+    assert new_calls == ["score", "score"]  # the two evals, nothing before them
+    now_eval = sorted(p.name for p in (res / "artifacts" / "eval").iterdir())
+    assert set(old_eval) < set(now_eval)  # new folders beside the old ones, which are untouched
+    meta = json.loads((res / "runs" / forced["run_id"] / "run.json").read_text())
+    assert meta["rerun_of"] == first["run_id"] and meta["forced"] == ["eval"]
+
+
+def test_from_run_names_what_is_wrong(tmp_path):
+    out = run_cli("platform.run", f"paths.results={tmp_path}", "from_run=nope", env=TOY_ENV)
+    assert out.returncode == 2 and "from_run: 'nope' is not a run folder" in out.stderr
+    res = tmp_path / "r"
+    first = _toy_run(res)
+    out = run_cli("platform.run", f"paths.results={res}", f"from_run={first['run_id']}", "force=teacher", env=TOY_ENV)
+    assert out.returncode == 2 and "force: teacher names no stage of this run" in out.stderr

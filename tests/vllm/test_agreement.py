@@ -188,9 +188,12 @@ RUN_SHARD = """
 import json, sys
 from pathlib import Path
 import experiments.estep as estep
+from experiments.inputs import Chunking, EStepInput, SamplerSpec
 from platform.stage import StageContext
 a = json.loads(sys.argv[1])
-ctx = StageContext("estep", "k", Path(a["out"]), a["cfg"], {"data": Path(a["data"]), "model": Path(a["model"])}, 1, 0, 1, seed=5)
+c = a["cfg"]
+params = EStepInput(**c["estep"], chunking=Chunking(**c["chunking"]), sampler=SamplerSpec(**c["sampler"]))
+ctx = StageContext("estep", "k", Path(a["out"]), params, {"data": Path(a["data"]), "model": Path(a["model"])}, 1, 0, 1)
 ctx.out_dir.mkdir()
 print(json.dumps(estep.run_shard(ctx)))
 """
@@ -207,10 +210,12 @@ def test_estep_stage_runs_on_vllm(tmp_path, tiny_checkpoint, vllm_sampler, docs)
     save_docs(data / "train_docs.jsonl", docs)
     (data / "em_docs.json").write_text(json.dumps([d.doc_id for d in docs]))
     cfg = {
-        "estep": {"num_samples": 2, "max_thought_tokens": 8, "temperature": 1.0, "context_chunks": 2, "group_docs": 8},
-        "sampler": {"backend": "vllm", "dtype": "auto", "kv_cache_space_gb": 1},  # auto: the checkpoint's float32
-        "data": {"chunk_poisson_mean": 1.0, "chunk_max_sentences": 3},
-        "iteration": 1,
+        "estep": {"num_samples": 2, "max_thought_tokens": 8, "temperature": 1.0, "context_chunks": 2, "group_docs": 8,
+                  "thought_chunks": "all", "iteration": 1, "seed": 5, "sample_store": False},
+        # auto: the checkpoint's float32
+        "sampler": {"backend": "vllm", "dtype": "auto", "fan_out": "n", "batch_size": 256, "gpu_memory_utilization": 0.85,
+                    "max_model_len": None, "tensor_parallel_size": 1, "enforce_eager": False, "kv_cache_space_gb": 1},
+        "chunking": {"chunk_poisson_mean": 1.0, "chunk_max_sentences": 3},
     }
     args = {"out": str(tmp_path / "out"), "cfg": cfg, "data": str(data), "model": str(tiny_checkpoint.parent)}
     proc = subprocess.run([sys.executable, "-c", RUN_SHARD, json.dumps(args)], cwd=ROOT, capture_output=True,

@@ -15,11 +15,12 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
+from platform.app import App
 from platform.compose import to_dict
 from platform.config import LauncherConfig, PathsConfig, SweepConfig
 from platform.plan import Plan, toposort
 from platform.stage import Stage
-from platform.validate import in_range
+from platform.checks import in_range
 
 
 @dataclass
@@ -58,11 +59,8 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="config_schema", node=Config)
 
 
-def schema_instance() -> Config:
-    return Config()
-
-
-RULES = [lambda cfg: in_range(cfg, "sweep.n_trials", 1) + in_range(cfg, "work.x", 0.0, 1.0)]
+def _work(cfg: Any) -> list[str]:
+    return in_range(cfg, "work.x", 0.0, 1.0)
 
 
 def _log(ctx: Any, what: str) -> None:
@@ -122,7 +120,9 @@ def score(ctx: Any) -> dict:
     _log(ctx, "score")
     _fresh_metrics(ctx)
     x, it = ctx.params["x"], ctx.iteration
-    ctx.write_metrics([{"name": "accuracy", "step": 0, "value": 1 - (x - 0.3) ** 2 + 0.01 * it}])
+    # the run seed moves the score a little, so replicate seeds have a standard error to show
+    value = 1 - (x - 0.3) ** 2 + 0.01 * it + 0.001 * ctx.params.get("seed", 0)
+    ctx.write_metrics([{"name": "accuracy", "step": 0, "value": value}])
     return {"tokens_in": 0, "tokens_out": 0, "flops": 1.0}
 
 
@@ -142,6 +142,18 @@ def build_plan(cfg: Any) -> Plan:
                                      merge_fn="tests.platform.toyapp.app:merge")
         model = Stage(pre + "mstep", "tests.platform.toyapp.app:train",
                       {k: w[k] for k in ("sleep_s", "fail_at", "nan_at", "x")}, inputs, iteration=it)
-        ev = Stage(pre + "eval", "tests.platform.toyapp.app:score", {"x": w["x"]}, {"model": model}, iteration=it)
+        score_params = {"x": w["x"], **({"seed": cfg.seed} if cfg.seed else {})}
+        ev = Stage(pre + "eval", "tests.platform.toyapp.app:score", score_params, {"model": model}, iteration=it)
         reports.append(ev)
     return Plan("toy", toposort(reports), reports)
+
+
+APP = App(
+    name="toy",
+    schema=Config,
+    register_configs=register_configs,
+    build_plan=build_plan,
+    rules=(_work,),
+    compute_buckets={"estep": "estep_flops", "mstep": "train_flops", "eval": "eval_flops"},
+    total_buckets=("estep_flops", "train_flops"),
+)
