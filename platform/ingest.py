@@ -103,6 +103,16 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, row: dict[str, Any]) -> 
     con.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
 
 
+def _insert_many(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any]]) -> None:
+    """:func:`_insert` for many rows of the same columns in one statement (200 shards: 1.2 ms each
+    one by one)."""
+    if rows:
+        import pyarrow as pa
+
+        frame = pa.Table.from_pylist(rows)  # noqa: F841 (read by DuckDB's replacement scan)
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM frame")
+
+
 def _ingest_stage(con: duckdb.DuckDBPyConnection, run_id: str, entry: dict[str, Any], results: Path,
                   submitted: set[str]) -> int:
     art = Path(entry["artifact_dir"])
@@ -135,16 +145,18 @@ def _ingest_stage(con: duckdb.DuckDBPyConnection, run_id: str, entry: dict[str, 
             "FROM read_json(?, format='newline_delimited', columns={'name': 'VARCHAR', 'step': 'BIGINT', 'value': 'DOUBLE'})",
             [run_id, entry.get("iteration"), entry["stage"], entry["key"], str(metrics)],
         )
+    shards = []
     for marker in sorted(art.glob(f"shards/*/{MARKER}")):
         shard = json.loads(marker.read_text())
         part = shard.get("summary", {})
-        _insert(con, "shards", {
+        shards.append({
             "run_id": run_id, "stage": entry["stage"], "iteration": entry.get("iteration"), "cache_key": entry["key"],
             "shard": shard.get("shard_index"), "job_id": shard.get("job_id"), "host": shard.get("host"),
             "started_at": _ts(shard.get("started_at")), "ended_at": _ts(shard.get("ended_at")),
             "wall_s": shard.get("wall_s"), "tokens_in": part.get("tokens_in"), "tokens_out": part.get("tokens_out"),
             "flops": part.get("flops"), "cached": entry.get("cached"), **{k: part.get(k) for k in REUSE_FIELDS},
         })
+    _insert_many(con, "shards", shards)
     # E-step samples: the files are listed, not copied (platform/samples.py; the estep_samples view)
     samples.register(con, results, art, {"run_id": run_id, "iteration": entry.get("iteration"), "stage": entry["stage"],
                                          "cache_key": entry["key"], "model_path": model_path, "model_key": model_key})

@@ -38,6 +38,7 @@ from platform.stage import MARKER
 
 FILE_NAME = "estep_samples.parquet"
 VIEW, FILES, LEGACY = "estep_samples", "estep_files", "estep_samples_legacy"
+SEEN = "estep_files_seen"  # a writer's copy of the list as it opened it (temporary)
 # The view's columns, in the order and with the types of the table it replaces.
 COLUMNS = (
     ("run_id", "VARCHAR"), ("iteration", "INTEGER"), ("doc_id", "VARCHAR"), ("chunk_id", "INTEGER"),
@@ -79,11 +80,30 @@ def stage_files(art: Path) -> list[tuple[Path, Optional[int]]]:
 
 
 def _relative(path: Path, base: Path) -> str:
-    path = path.resolve()
     try:
         return str(path.relative_to(base))
     except ValueError:  # outside the results folder: kept absolute
         return str(path)
+
+
+def remember(con: duckdb.DuckDBPyConnection) -> None:
+    """What the list says of each file now, kept for this connection: a run's ingest deletes its
+    rows first, and a file whose size and mtime are unchanged is not read again."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {SEEN} AS "
+                f"SELECT DISTINCT ON (path) path, bytes, mtime, num_rows, columns FROM {FILES}")
+
+
+def _footer(path: Path, rel: str, seen: dict) -> dict:
+    """The file's size, mtime, row count and signature: from ``seen`` if unchanged, else its footer."""
+    import pyarrow.parquet as pq
+
+    stat = path.stat()
+    known = seen.get(rel)
+    if known and known[:2] == (stat.st_size, stat.st_mtime_ns):
+        return {"bytes": known[0], "mtime": known[1], "num_rows": known[2], "columns": known[3]}
+    meta = pq.read_metadata(path)
+    return {"bytes": stat.st_size, "mtime": stat.st_mtime_ns, "num_rows": meta.num_rows,
+            "columns": _signature(meta.schema.to_arrow_schema())}
 
 
 def _signature(schema) -> str:
@@ -101,15 +121,17 @@ def register(con: duckdb.DuckDBPyConnection, results: str | Path, art: Path, row
     say what that E-step wrote now, as a re-ingest said before.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    base = Path(results).resolve()
+    base, art = Path(results).resolve(), art.resolve()
+    rel_art, files = Path(_relative(art, base)), stage_files(art)
+    if _kind(con, SEEN, temp=True) is None:
+        remember(con)
+    seen = {r[0]: r[1:] for r in con.execute(
+        f"SELECT path, bytes, mtime, num_rows, columns FROM {SEEN} WHERE starts_with(path, ?)", [f"{rel_art}/"]).fetchall()}
     rows, now = [], datetime.now(timezone.utc).replace(tzinfo=None)
-    for path, shard in stage_files(art):
-        meta = pq.read_metadata(path)
-        rows.append({**row, "path": _relative(path, base), "shard": shard, "num_rows": meta.num_rows,
-                     "bytes": path.stat().st_size, "columns": _signature(meta.schema.to_arrow_schema()),
-                     "registered_at": now})
+    for path, shard in files:
+        rel = str(rel_art / path.relative_to(art))
+        rows.append({**row, "path": rel, "shard": shard, **_footer(path, rel, seen), "registered_at": now})
     if not rows:
         return 0
     listed = pa.Table.from_pylist(rows)  # noqa: F841 (read by DuckDB's replacement scan)
@@ -179,10 +201,12 @@ def refresh(con: duckdb.DuckDBPyConnection, results: str | Path) -> None:
     con.execute(f"COMMENT ON VIEW {VIEW} IS {_quote(f'Parquet files under {base}')}")
 
 
-def _kind(con: duckdb.DuckDBPyConnection, name: str) -> Optional[str]:
-    """'BASE TABLE' or 'VIEW' for an object of the store's own schema, None if there is none."""
-    found = con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = ? "
-                        "AND table_catalog = current_database() AND table_schema = 'main'", [name]).fetchall()
+def _kind(con: duckdb.DuckDBPyConnection, name: str, temp: bool = False) -> Optional[str]:
+    """'BASE TABLE' or 'VIEW' for an object of the store's own schema (``temp``: of the
+    connection's temporary ones), None if there is none."""
+    catalog = "'temp'" if temp else "current_database()"
+    found = con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = ? AND table_schema = 'main' "
+                        f"AND table_catalog = {catalog}", [name]).fetchall()
     return found[0][0] if found else None
 
 

@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS estep_files (
     model_path VARCHAR, model_key VARCHAR,  -- the sampling checkpoint, as in stages
     path VARCHAR,  -- relative to the results folder (absolute when outside it)
     shard INTEGER,  -- NULL for the stage's merged file
-    num_rows BIGINT, bytes BIGINT,
+    num_rows BIGINT, bytes BIGINT, mtime BIGINT,  -- mtime in ns: an unchanged file is not read again
     columns VARCHAR,  -- the file's sample columns and their Parquet (Arrow) types: name:type,...
     registered_at TIMESTAMP,
     part INTEGER, file_index UBIGINT  -- its read_parquet in the view and its place in that list

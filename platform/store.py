@@ -94,6 +94,7 @@ def writing(results: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
             con.execute(SCHEMA.read_text())
             with transaction(con):
                 samples.upgrade(con, results)  # a store that copied the E-step rows in
+            samples.remember(con)  # the E-step files as listed now: unchanged ones are not read again
             yield con
             # The estep_samples view over the files listed now. Readers cannot open the file before
             # this (the connection holds it), and until it commits the file's view stays consistent:

@@ -268,3 +268,21 @@ def test_a_listed_file_deleted_later_drops_out_of_the_view_at_the_next_write(tmp
     assert query_rows(res, "select run_id, part from estep_files where run_id = 'a'") == [("a", None)]
     ingest_runs(res, ["a"])  # a's own re-ingest forgets it
     assert query_rows(res, "select count(*) from estep_files where run_id = 'a'") == [(0,)]
+
+
+def test_a_reingest_reads_only_the_footers_of_files_that_changed(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    res = tmp_path / "r"
+    k1, k2 = estep_stage(res, "k1", 3, shards=2), estep_stage(res, "k2", 2)
+    run_folder(res, "a", [(1, k1), (2, k2)])
+    ingest_runs(res)
+    read = []
+    real = pq.read_metadata
+    monkeypatch.setattr(pq, "read_metadata", lambda path, *a, **kw: read.append(str(path)) or real(path, *a, **kw))
+    ingest_runs(res)
+    assert read == []
+    sample_frame(4).to_parquet(k2 / samples.FILE_NAME, index=False)  # the E-step wrote it again
+    ingest_runs(res)
+    assert read == [str((k2 / samples.FILE_NAME).resolve())]
+    assert counts(res) == [("a", 1, 6), ("a", 2, 8)]
