@@ -9,14 +9,13 @@ import dataclasses
 import functools
 
 import pytest
+import yaml
 
 from experiments import inputs
 from experiments.graphs import build_plan
-import yaml
-
 from platform.cli import load
-from platform.trial import apply_params
 from platform.stage import Stage, perf_fields
+from platform.trial import apply_params
 
 EXPERIMENTS = ["bootstrap", "em_compute", "synthetic_thoughts", "raw_baseline", "mixture", "thought_length"]
 
