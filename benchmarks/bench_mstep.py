@@ -48,13 +48,19 @@ def prepare_inputs(root: Path, model: torch.nn.Module, tok: Any, n_windows: int,
     return {"init": init, "train": train}
 
 
+def _params(cfg: dict[str, Any], dtype: str):
+    """The M-step's typed input (experiments/inputs.py) from an MStepConfig dict."""
+    from experiments.inputs import MStepInput, from_section
+
+    return from_section(MStepInput, cfg, dtype=dtype, seed=0)
+
+
 def train_once(root: Path, inputs: dict[str, Path], cfg: dict[str, Any], tag: str) -> dict[str, Any]:
     from experiments.mstep import train
     from platform.stage import StageContext
 
     out = root / f"out_{tag}"  # a fresh folder: an existing one would be resumed
-    ctx = StageContext(stage="mstep", key=f"bench{tag}", out_dir=out, config={"mstep": cfg, "model": {}, "seed": 0},
-                       inputs=inputs)
+    ctx = StageContext(stage="mstep", key=f"bench{tag}", out_dir=out, params=_params(cfg, "float32"), inputs=inputs)
     return train(ctx)
 
 
@@ -81,8 +87,8 @@ def paper_model_mfu(root: Path, tok: Any, steps: int = 15, window: int = 2048, b
     del model
     cfg = {**mstep_config(batch, steps, window), "micro_batch_size": micro, "log_every": 5}
     out = root / "out_paper_model"
-    res = train(StageContext(stage="mstep", key="bench_paper_model", out_dir=out,
-                             config={"mstep": cfg, "model": {"dtype": "bfloat16"}, "seed": 0}, inputs=inputs))
+    res = train(StageContext(stage="mstep", key="bench_paper_model", out_dir=out, params=_params(cfg, "bfloat16"),
+                             inputs=inputs))
     logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steady = [r["value"] for r in logged if r["name"] == "tokens_per_s"][-1]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

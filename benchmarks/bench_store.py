@@ -3,8 +3,10 @@
 Writes what a real sweep writes (platform/rundir.py contract): ``runs/<id>/run.json`` + a
 ``stages.jsonl`` ledger, and per E-step stage ``artifacts/estep/<key>/`` with ``_COMPLETE.json`` and
 ``estep_samples.parquet`` (experiments/estep.py SAMPLE_COLUMNS). Then ``platform.ingest.ingest_runs``
-(target 5 s) and four dashboard-style aggregates per (run, iteration) on DuckDB (target 200 ms each,
-fresh read-only connection: a dashboard cache miss) against pandas on the same Parquet files.
+(target 5 s; it lists the files, the rows stay in them: platform/samples.py) and four dashboard-style
+aggregates per (run, iteration) on DuckDB's estep_samples view over those files (target 200 ms each,
+fresh read-only connection: a dashboard cache miss) against pandas on the same Parquet files. The
+paper's scale (10M rows in 200 shards, against copying the rows in) is bench_scale.py.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Run the benchmarks and write the report: ``python -m benchmarks.run [--smoke] [--only NAME ...] [--out DIR]``.
 
-Sections: estep (sampling + scoring), mstep, orchestration, store, scaling, dashboard. ``--smoke``
-runs every section at tiny sizes (about a minute; the test suite runs it) and writes to
-``benchmarks/results/smoke/`` unless ``--out`` says otherwise. A section that fails is recorded with
+Sections: estep (sampling + scoring), mstep, orchestration, store, scaling, dashboard, and scale
+(the results store with 10M E-step rows in 200 shards: GBs of files and minutes, so only on request,
+``--only scale``, which writes ``benchmarks/results/scale.{json,md}`` and leaves ``latest`` alone).
+``--smoke`` runs every section, scale included, at tiny sizes (about a minute; the test suite runs
+it) and writes to ``benchmarks/results/smoke/`` unless ``--out`` says otherwise. A section that fails is recorded with
 its error and the others still run; the exit status is 1 when any section failed.
 
 Optional parts, included when present:
@@ -34,7 +36,9 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import load_average, section  # noqa: E402
 
-SECTIONS = ("estep", "mstep", "orchestration", "store", "scaling", "dashboard")
+SECTIONS = ("estep", "mstep", "orchestration", "store", "scaling", "dashboard", "scale")
+DEFAULT_SECTIONS = SECTIONS[:-1]  # a full run without --only: scale runs only when asked for
+OWN_REPORT = {"scale": "scale"}  # a section run alone that keeps its own report (benchmarks/results/scale.*)
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 
 
@@ -101,6 +105,22 @@ def run_dashboard(smoke: bool) -> dict[str, Any]:
                    {"verdict": verdict}, [f"benchmarks/bench_dashboard.py {' '.join(args)} (target 2 s per page)"])
 
 
+def _scale_headline(scale: dict[str, list], add: Callable[..., None]) -> None:
+    """The scale section's rows: registering, each dashboard query, disk."""
+    for r in scale.get("register", []):
+        add(f"Register an iteration of {r['files']} E-step shards ({r['rows']:,} rows, no copy)",
+            f"{r['register_s']:.2f} s / {r['register_second_iteration_s']:.2f} s / {r['register_tenth_iteration_s']:.2f} s "
+            "(1st / 2nd / 10th iteration)",
+            f"<= {r['target_s']:.0f} s", r["target_met"])
+    for r in scale.get("queries", []):
+        copy = f" (copy in DuckDB: {r['copy_s']:.2f} s)" if r.get("copy_s") is not None else ""
+        add(f"{r['rows']:,} rows: {r['query']}", f"{r['view_s']:.2f} s{copy}, text read: {r['reads_text']}",
+            f"<= {r['target_s']:.0f} s", r["target_met"])
+    for r in scale.get("disk", []):
+        add(f"{r['rows']:,} rows: disk (Parquet / store with the view / store with the copy)",
+            f"{r['parquet_mb']:,.0f} / {r['view_store_mb']:,.1f} / {r['copy_store_mb'] or 0:,.0f} MB")
+
+
 def headline(sections: dict[str, dict]) -> list[dict[str, Any]]:
     """The few numbers the README shows, with their targets."""
     rows: list[dict[str, Any]] = []
@@ -146,6 +166,7 @@ def headline(sections: dict[str, dict]) -> list[dict[str, Any]]:
             r["target_met"])
     for r in sections.get("scaling", {}).get("tables", {}).get("slopes", []):
         add(f"Scaling: {r['stage']} cost vs {r['knob']} ({r['values']})", f"slope {r['slope']:.2f} (log-log)")
+    _scale_headline(sections.get("scale", {}).get("tables", {}), add)
     dash = sections.get("dashboard", {}).get("summary", {})
     if dash.get("verdict"):
         add("Dashboard across-iterations page", dash["verdict"], "< 2 s")
@@ -202,6 +223,7 @@ def _runners(smoke: bool, embedded: Optional[tuple]) -> dict[str, Callable[[], d
     return {
         "estep": estep, "mstep": simple("mstep", True), "orchestration": simple("orchestration", False),
         "store": simple("store", False), "scaling": simple("scaling", True), "dashboard": lambda: run_dashboard(smoke),
+        "scale": simple("scale", False),
     }
 
 
@@ -239,10 +261,17 @@ def _meta(args: argparse.Namespace, wanted: list[str], sections: dict[str, dict]
             "load_average_start": load_start, "load_average_end": load_average()}
 
 
+def report_stem(wanted: list[str], smoke: bool, out: Optional[str]) -> str:
+    """``latest``, or the own report of a section run alone (``--only scale``: ``scale``) when it
+    goes to benchmarks/results: the other sections' latest report stays as it is."""
+    return OWN_REPORT.get(wanted[0], "latest") if len(wanted) == 1 and not smoke and not out else "latest"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parse_args(argv)
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / ("smoke" if args.smoke else "")
-    wanted = args.only or list(SECTIONS)
+    wanted = args.only or list(SECTIONS if args.smoke else DEFAULT_SECTIONS)
+    stem = report_stem(wanted, args.smoke, args.out)
 
     import torch
 
@@ -262,7 +291,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             failed.append(name)
     rep = {"meta": _meta(args, wanted, sections, failed, t_start, load_start), "headline": headline(sections),
            "sections": sections}
-    paths = report.write_report(rep, out)
+    paths = report.write_report(rep, out, stem)
     _log(f"[bench] wrote {paths['json']} and {paths['md']} in {rep['meta']['total_s']:.0f} s"
          + (f"; FAILED sections: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0

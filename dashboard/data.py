@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import duckdb
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -77,8 +78,11 @@ def cached_query(path: str, sql: str, params: tuple = ()) -> pd.DataFrame:
 def run_user_sql(path: Path | str, sql: str) -> pd.DataFrame:
     """The SQL page: any statement, on a read-only, file-sandboxed connection.
 
-    A write raises duckdb.Error naming the read-only database; the page shows it as is.
+    A write raises duckdb.Error naming the read-only database; the page shows it as is. Statements
+    that name files (COPY, EXPORT, ATTACH) are refused before they run: the connection can read the
+    E-step Parquet files behind the estep_samples view, and nothing may write them.
     """
+    store.check_user_sql(sql)
     with store.reading(path, retries=OPEN_RETRIES, wait_s=OPEN_WAIT_S, sandbox=True) as con:
         result = con.execute(sql)
         return result.fetchdf() if result.description else pd.DataFrame()
@@ -106,12 +110,36 @@ def load_optional(sql: str, *params: Any) -> pd.DataFrame:
 
 
 def load_estep_runs() -> pd.DataFrame:
-    """The runs with E-step samples (ESTEP_RUNS_SQL); while there are none the page stops with a note."""
-    runs = load(ESTEP_RUNS_SQL)
+    """The runs with E-step samples (ESTEP_RUNS_SQL's rows, from the list of files: ESTEP_RUNS_LISTED_SQL);
+    while there are none the page stops with a note."""
+    try:
+        runs = load(ESTEP_RUNS_LISTED_SQL)
+    except duckdb.CatalogException:  # a store not written since it copied the rows in: no list yet
+        runs = load(ESTEP_RUNS_SQL)
     if runs.empty:
         st.info("No E-step samples yet: a bootstrap run writes them in its first E-step.")
         st.stop()
     return runs
+
+
+def hash_bound(n_samples: int, limit: int) -> Optional[int]:
+    """A bound on hash(doc_id, chunk_id) below which about 3 x ``limit`` of ``n_samples`` rows fall;
+    None when the run is small enough to read whole."""
+    return None if n_samples <= 4 * limit else int(2**64 * 3 * limit / n_samples)
+
+
+def load_estep_samples(run_id: str, limit: int, n_samples: int, query=None) -> pd.DataFrame:
+    """ESTEP_SAMPLES_SQL's rows, cheaper for a large run: the hashed query first, whose first
+    ``limit`` rows are ESTEP_SAMPLES_SQL's whenever it returns ``limit`` of them (every row it
+    leaves out hashes above all it keeps); the full query otherwise. ``query(sql, *params)``:
+    :func:`load` by default."""
+    query = query or load
+    bound = hash_bound(n_samples, limit)
+    if bound is not None:
+        samples = query(ESTEP_SAMPLES_HASHED_SQL, run_id, bound, limit)
+        if len(samples) == limit:
+            return samples
+    return query(ESTEP_SAMPLES_SQL, run_id, limit)
 
 
 def unavailable_message(exc: DatabaseUnavailable) -> str:
@@ -195,11 +223,27 @@ ESTEP_RUNS_SQL = """
 SELECT run_id, list(DISTINCT iteration ORDER BY iteration) AS iterations, count(*) AS n_samples
 FROM estep_samples GROUP BY run_id ORDER BY run_id
 """
+# The same from the store's list of E-step files and their footers' row counts, reading no sample:
+# ESTEP_RUNS_SQL scans every row of every run.
+ESTEP_RUNS_LISTED_SQL = """
+SELECT run_id, list(DISTINCT iteration ORDER BY iteration) AS iterations, CAST(sum(n) AS BIGINT) AS n_samples
+FROM (SELECT run_id, iteration, num_rows AS n FROM estep_files WHERE part IS NOT NULL
+      UNION ALL SELECT run_id, iteration, count(*) FROM estep_samples_legacy GROUP BY ALL)
+GROUP BY run_id ORDER BY run_id
+"""
 # The E-step page plots distributions, so a huge run is cut to a pseudo-random set of chunks:
 # ordering by a hash of the chunk keeps its K samples together and the same chunks in every iteration.
 ESTEP_SAMPLES_SQL = """
 SELECT iteration, doc_id, chunk_id, sample_idx, thought_tokens, log_p_joint, log_q, log_w, selected
 FROM estep_samples WHERE run_id = ?
+ORDER BY hash(doc_id, chunk_id), doc_id, chunk_id, iteration, sample_idx LIMIT ?
+"""
+# The same rows for a run of many samples: a chunk's hash decides whether it can be among the first
+# `limit` at all, so the scan drops the others before decoding the rest of their columns
+# (load_estep_samples checks that enough are left, else runs ESTEP_SAMPLES_SQL).
+ESTEP_SAMPLES_HASHED_SQL = """
+SELECT iteration, doc_id, chunk_id, sample_idx, thought_tokens, log_p_joint, log_q, log_w, selected
+FROM estep_samples WHERE run_id = ? AND hash(doc_id, chunk_id) < ?
 ORDER BY hash(doc_id, chunk_id), doc_id, chunk_id, iteration, sample_idx LIMIT ?
 """
 DOC_IDS_SQL = """

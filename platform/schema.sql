@@ -21,25 +21,36 @@ CREATE TABLE IF NOT EXISTS stages (
 CREATE TABLE IF NOT EXISTS metrics (
     run_id VARCHAR, iteration INTEGER, stage VARCHAR, name VARCHAR, step BIGINT, value DOUBLE
 );
-CREATE TABLE IF NOT EXISTS estep_samples (
+-- E-step samples stay in the Parquet files the E-step wrote: `estep_files` lists them, one row per
+-- (run, file), and `estep_samples` is a view over them that platform/samples.py defines from this
+-- list on every write (a store whose estep_samples is still a table of copied rows is upgraded then).
+CREATE TABLE IF NOT EXISTS estep_files (
+    run_id VARCHAR, iteration INTEGER, stage VARCHAR, cache_key VARCHAR,
+    model_path VARCHAR, model_key VARCHAR,  -- the sampling checkpoint, as in stages
+    path VARCHAR,  -- relative to the results folder (absolute when outside it)
+    shard INTEGER,  -- NULL for the stage's merged file
+    num_rows BIGINT, bytes BIGINT, mtime BIGINT,  -- mtime in ns: an unchanged file is not read again
+    columns VARCHAR,  -- the file's sample columns and their Parquet (Arrow) types: name:type,...
+    registered_at TIMESTAMP,
+    part INTEGER, file_index UBIGINT  -- its read_parquet in the view and its place in that list
+);
+-- Rows an earlier version copied into its estep_samples table whose Parquet file was gone when the
+-- store was upgraded: kept here, and read by the view. The columns are the view's: chunk_text is the
+-- chunk X the thought explains, finished whether the thought ended with EoL (not cut), annotated
+-- whether the corpus gives the chunk reasoning (embedded: answers), thought_correct whether the
+-- thought is exactly that reasoning (NULL where the corpus has none to compare with).
+CREATE TABLE IF NOT EXISTS estep_samples_legacy (
     run_id VARCHAR, iteration INTEGER, doc_id VARCHAR, chunk_id INTEGER, sample_idx INTEGER,
     thought VARCHAR, thought_tokens INTEGER, log_p_joint DOUBLE, log_q DOUBLE, log_w DOUBLE,
-    selected BOOLEAN, model_path VARCHAR
+    selected BOOLEAN, model_path VARCHAR, chunk_text VARCHAR, finished BOOLEAN, annotated BOOLEAN,
+    thought_correct BOOLEAN, model_key VARCHAR
 );
--- Added after the first release: ALTER keeps existing stores working (new columns are NULL for old runs).
-ALTER TABLE estep_samples ADD COLUMN IF NOT EXISTS chunk_text VARCHAR;  -- the chunk X the thought explains
-ALTER TABLE estep_samples ADD COLUMN IF NOT EXISTS finished BOOLEAN;  -- the thought ended with EoL (not cut)
--- The corpus annotates the chunk with reasoning (embedded: answers); whether the thought is exactly
--- that reasoning (NULL where the corpus has none to compare with).
-ALTER TABLE estep_samples ADD COLUMN IF NOT EXISTS annotated BOOLEAN;
-ALTER TABLE estep_samples ADD COLUMN IF NOT EXISTS thought_correct BOOLEAN;
 -- Lineage: the checkpoint behind a stage's numbers. For a stage that reads a model (estep, eval: its
 -- input `model`) that model; for one that writes a model/ folder (init_model, mstep) its own. model_key
 -- is that model stage's cache key, model_path its checkpoint folder relative to the results folder
 -- (artifacts/mstep/<key>/model). NULL for stages without a model and for markers written before this.
 ALTER TABLE stages ADD COLUMN IF NOT EXISTS model_key VARCHAR;
 ALTER TABLE stages ADD COLUMN IF NOT EXISTS model_path VARCHAR;
-ALTER TABLE estep_samples ADD COLUMN IF NOT EXISTS model_key VARCHAR;  -- model_path: the sampling checkpoint
 -- The stage (cache key) that wrote the metric: joins a metrics row to its stages row exactly.
 ALTER TABLE metrics ADD COLUMN IF NOT EXISTS cache_key VARCHAR;
 -- The objectives' metric names (accuracy, estep_flops), in the order of directions and trials.values.

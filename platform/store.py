@@ -11,6 +11,9 @@ upgrades a store written by an earlier version in place (``ADD COLUMN IF NOT EXI
 REPLACE VIEW``). A reader cannot change the file, so every read-only connection also defines the
 file's views as temporary views, which take precedence: readers (``platform.query``, the dashboard)
 see the views as ``schema.sql`` defines them now, even in a store no writer has opened since.
+
+The E-step samples are not copied in: ``estep_samples`` is a view over the Parquet files the E-step
+wrote, listed in ``estep_files`` (``platform/samples.py``); every write redefines it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from typing import Iterator
 
 import duckdb
 
+from platform import samples
 from platform.locks import FileLock, named_lock
+from platform.samples import check_user_sql  # noqa: F401 (the sandbox's statement check)
 
 SCHEMA = Path(__file__).with_name("schema.sql")
 DB_NAME = "platform.duckdb"
@@ -87,7 +92,15 @@ def writing(results: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
         con = connect(path)
         try:
             con.execute(SCHEMA.read_text())
+            with transaction(con):
+                samples.upgrade(con, results)  # a store that copied the E-step rows in
+            samples.remember(con)  # the E-step files as listed now: unchanged ones are not read again
             yield con
+            # The estep_samples view over the files listed now. Readers cannot open the file before
+            # this (the connection holds it), and until it commits the file's view stays consistent:
+            # files listed since are not in it yet (no place in its list).
+            with transaction(con):
+                samples.refresh(con, results)
         finally:
             con.close()
 
@@ -126,18 +139,32 @@ def define_views(con: duckdb.DuckDBPyConnection) -> None:
             pass  # a file without the tables a view reads (never written): its own views, if any, stay
 
 
+def _sandbox(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
+    """:data:`SANDBOX`, except that the E-step files the view reads stay readable (DuckDB checks every
+    file a query opens, a view's included); statements that name files are refused before they run
+    (:func:`platform.samples.check_user_sql`), since an allowed path could also be written."""
+    if files:
+        con.execute("SET allowed_paths = ?", [files])
+    for name, value in SANDBOX.items():  # lock_configuration last
+        con.execute(f"SET {name} = {str(value).lower()}")
+
+
 def read_only(results_or_db: str | Path, retries: int = 100, wait_s: float = 0.1,
               sandbox: bool = False) -> duckdb.DuckDBPyConnection:
     """A read-only connection to the store (a results folder or its .duckdb file) with the views
-    of schema.sql; ``sandbox`` also forbids file access (:data:`SANDBOX`), for text a user typed."""
+    of schema.sql; ``sandbox`` also forbids file access (:data:`SANDBOX`) beyond the E-step files,
+    for text a user typed (run it through :func:`check_user_sql` first)."""
     path = Path(results_or_db)
     if path.is_dir():
         path = db_path(path)
     if not path.is_file():
         raise StoreMissing(f"{path}: no results database yet (run a sweep, or python -m platform.ingest)")
-    con = connect(path, read_only=True, retries=retries, wait_s=wait_s, config=SANDBOX if sandbox else None)
+    con = connect(path, read_only=True, retries=retries, wait_s=wait_s)
     try:
         define_views(con)
+        files = samples.reader_view(con, path.parent, want_paths=sandbox)
+        if sandbox:
+            _sandbox(con, files)
     except BaseException:
         con.close()
         raise

@@ -1,7 +1,8 @@
 """SQL: a read-only query box over the results database, with CSV download.
 
-The connection is read-only and sandboxed (no file access, settings locked), so a write or a COPY
-fails with DuckDB's own message and changes nothing.
+The connection is read-only and sandboxed (no file access beyond the E-step files the
+estep_samples view reads, settings locked), so a write fails with DuckDB's own message and a COPY
+or ATTACH is refused; neither changes anything.
 """
 
 import duckdb

@@ -15,7 +15,7 @@ import pytest
 from benchmarks import median_time
 from benchmarks.bench_scaling import loglog_slope
 from benchmarks.report import markdown_table
-from benchmarks.run import SECTIONS, merge_vllm
+from benchmarks.run import SECTIONS, merge_vllm, report_stem
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -125,3 +125,27 @@ def test_merge_vllm_computes_ratio_against_the_same_model_and_k():
     assert vllm[0]["ratio_to_naive"] == pytest.approx(5.0) and vllm[1]["ratio_to_naive"] is None
     assert sec["tables"]["scoring"][-1]["ratio_to_naive"] == pytest.approx(10.0)
     assert sec["versions"] == {"vllm": "0.x"} and sec["notes"] == ["n=K"]
+
+
+def test_scale_section_compares_the_view_with_the_copy(smoke_report):
+    _, rep, md = smoke_report
+    t = rep["sections"]["scale"]["tables"]
+    (reg,) = t["register"]
+    assert (reg["rows"], reg["files"]) == (20_000, 10) and reg["register_s"] > 0
+    queries = {q["query"]: q for q in t["queries"]}
+    assert {"doc_ids (thought browser)", "doc_samples (thought browser)"} <= set(queries) and len(queries) == 8
+    assert all(q["view_s"] > 0 for q in queries.values())
+    assert [name for name, q in queries.items() if q["copy_s"] is None] == [
+        "estep_runs (both pages: the file list, ESTEP_RUNS_LISTED_SQL)"]  # today's store has no list
+    # only the browser's document query reads the thoughts; the aggregates never decode them
+    assert {name for name, q in queries.items() if q["reads_text"] == "yes"} == {"doc_samples (thought browser)"}
+    (disk,) = t["disk"]
+    assert disk["copy_store_mb"] > disk["view_store_mb"] and disk["parquet_mb"] > 0
+    assert "Register an iteration of 10 E-step shards" in md
+
+
+def test_a_scale_run_alone_keeps_its_own_report():
+    assert report_stem(["scale"], smoke=False, out=None) == "scale"
+    assert report_stem(["scale"], smoke=True, out=None) == "latest"  # written to results/smoke/
+    assert report_stem(["store"], smoke=False, out=None) == "latest"
+    assert report_stem(["scale", "store"], smoke=False, out=None) == "latest"

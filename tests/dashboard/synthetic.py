@@ -19,6 +19,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from platform import samples
 from platform.store import SCHEMA
 
 STUDY = "em_compute"
@@ -136,16 +137,35 @@ def build_synthetic_results(
                 "VALUES (?, 'bootstrap', ?, ?, ?, ?)",
                 [STUDY, ["maximize", "minimize"], str(results / "optuna" / f"{STUDY}.journal"), T0, trial])
     for table, data in rows.items():
-        if data:
+        if data and table != "estep_samples":  # those stay in Parquet files (_write_samples)
             # the rows fill the table's first columns; columns added to the schema later stay NULL
             cols = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()][:len(data[0])]
             frame = pd.DataFrame(data, columns=cols)  # noqa: F841 (read by DuckDB's replacement scan)
             names = ", ".join('"' + c + '"' for c in cols)
             con.execute(f"INSERT INTO {table} ({names}) SELECT * FROM frame")
+    _write_samples(con, results, rows["estep_samples"])
     con.close()
     if journal:
         _write_journal(results, rows["trials"])
     return db
+
+
+SAMPLE_COLUMNS = ["run_id", "iteration", "doc_id", "chunk_id", "sample_idx", "thought", "thought_tokens",
+                  "log_p_joint", "log_q", "log_w", "selected", "model_path", "chunk_text", "finished"]
+
+
+def _write_samples(con: duckdb.DuckDBPyConnection, results: Path, rows: list[tuple]) -> None:
+    """E-step samples as the pipeline leaves them: one Parquet file per (run, iteration) in its stage
+    folder, listed in the store and read through the estep_samples view (platform/samples.py)."""
+    frame = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
+    for (run_id, it), part in frame.groupby(["run_id", "iteration"], sort=True):
+        art = results / "artifacts" / "estep" / f"{run_id}-{it}"
+        art.mkdir(parents=True, exist_ok=True)
+        part.drop(columns=["run_id", "iteration", "model_path"]).to_parquet(art / "estep_samples.parquet", index=False)
+        samples.register(con, results, art, {"run_id": run_id, "iteration": int(it), "stage": "estep",
+                                             "cache_key": f"{run_id}-{it}", "model_path": part["model_path"].iloc[0],
+                                             "model_key": None})
+    samples.refresh(con, results)
 
 
 def _write_journal(results: Path, trials: list[tuple]) -> None:

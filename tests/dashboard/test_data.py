@@ -244,3 +244,26 @@ def test_every_page_query_works_on_a_store_written_before_the_views_changed(tmp_
     ro = duckdb.connect(str(db), read_only=True)  # the dashboard changed nothing in the file
     assert ro.execute("SELECT accuracy FROM iterations").fetchall() == [(0.5,)]
     ro.close()
+
+
+def test_the_pages_cheaper_estep_queries_return_the_full_ones_rows(tmp_path):
+    from tests.dashboard.synthetic import build_synthetic_results
+
+    db = build_synthetic_results(tmp_path / "r", settings=[{"estep.num_samples": 4, "estep.max_thought_tokens": 32, "data.raw_mix_ratio": 0.0}],
+                                 seeds=(0,), docs=30, chunks=5, journal=False)
+    run_id, n = data.run_query(db, data.ESTEP_RUNS_SQL).iloc[0][["run_id", "n_samples"]]
+    used = []
+
+    def query(sql, *params):
+        used.append(sql)
+        return data.run_query(db, sql, params)
+
+    pd.testing.assert_frame_equal(data.run_query(db, data.ESTEP_RUNS_LISTED_SQL), data.run_query(db, data.ESTEP_RUNS_SQL))
+    want = data.run_query(db, data.ESTEP_SAMPLES_SQL, (run_id, 50))
+    assert data.hash_bound(int(n), 50) is not None and data.hash_bound(200, 50) is None
+    pd.testing.assert_frame_equal(data.load_estep_samples(run_id, 50, int(n), query), want)
+    assert used == [data.ESTEP_SAMPLES_HASHED_SQL]
+    # a bound that keeps too few rows (a run counted larger than it is): the full query answers
+    used.clear()
+    pd.testing.assert_frame_equal(data.load_estep_samples(run_id, 50, 10**12, query), want)
+    assert used == [data.ESTEP_SAMPLES_HASHED_SQL, data.ESTEP_SAMPLES_SQL]
