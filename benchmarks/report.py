@@ -2,7 +2,8 @@
 
 Both carry the machine, library versions and git commit that produced the numbers, and the load
 average while they were measured (the machine is shared: a high load means slower, noisier runs).
-Written as ``<out>/<UTC stamp>.{json,md}`` and copied to ``<out>/latest.{json,md}``.
+Written as ``<out>/<UTC stamp>.{json,md}`` and copied to ``<out>/latest.{json,md}`` (an opt-in
+section run alone: ``<out>/<its report name>.{json,md}``, leaving ``latest`` to the full run).
 """
 
 from __future__ import annotations
@@ -129,11 +130,12 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write the JSON and Markdown (and any section files); returns the written paths."""
+def write_report(report: dict[str, Any], out_dir: str | Path, stem: str = "latest") -> dict[str, Path]:
+    """Write the JSON and Markdown (and any section files) as ``<stem>.{json,md}`` beside a
+    timestamped copy; returns the written paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + ("" if stem == "latest" else f"-{stem}")
     files: dict[str, str] = {}
     for sec in report["sections"].values():
         own = sec.pop("files", None) or {}
@@ -145,9 +147,9 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]
         paths[fname] = out / fname
     md = to_markdown(report)
     js = json.dumps(report, indent=1, default=str)
-    for stem in (stamp, "latest"):
-        (out / f"{stem}.json").write_text(js, encoding="utf-8")
-        (out / f"{stem}.md").write_text(md, encoding="utf-8")
-    paths.update(json=out / "latest.json", md=out / "latest.md", stamped_json=out / f"{stamp}.json")
+    for name in (stamp, stem):
+        (out / f"{name}.json").write_text(js, encoding="utf-8")
+        (out / f"{name}.md").write_text(md, encoding="utf-8")
+    paths.update(json=out / f"{stem}.json", md=out / f"{stem}.md", stamped_json=out / f"{stamp}.json")
     return paths
 

@@ -2,7 +2,10 @@
 
 Sections: estep (sampling + scoring), mstep, orchestration, store, scaling, dashboard. ``--smoke``
 runs every section at tiny sizes (about a minute; the test suite runs it) and writes to
-``benchmarks/results/smoke/`` unless ``--out`` says otherwise. A section that fails is recorded with
+``benchmarks/results/smoke/`` unless ``--out`` says otherwise. Opt-in sections, run only when
+``--only`` names them: scale_orchestrator (the sweep driver at up to 4,800 array tasks, about 15
+minutes here; ``benchmarks/bench_orchestrator_scale.py``). Run alone, an opt-in section writes its
+own report, ``orchestrator_scale.{json,md}``, so that ``latest`` keeps the full run's rows. A section that fails is recorded with
 its error and the others still run; the exit status is 1 when any section failed.
 
 Optional parts, included when present:
@@ -35,6 +38,8 @@ if str(ROOT) not in sys.path:
 from benchmarks import load_average, section  # noqa: E402
 
 SECTIONS = ("estep", "mstep", "orchestration", "store", "scaling", "dashboard")
+# opt-in sections (not in a plain run) and the report each writes when run alone
+EXTRA_SECTIONS = {"scale_orchestrator": "orchestrator_scale"}
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 
 
@@ -149,7 +154,9 @@ def headline(sections: dict[str, dict]) -> list[dict[str, Any]]:
     dash = sections.get("dashboard", {}).get("summary", {})
     if dash.get("verdict"):
         add("Dashboard across-iterations page", dash["verdict"], "< 2 s")
-    return rows
+    from benchmarks.bench_orchestrator_scale import headline_rows
+
+    return rows + headline_rows(sections.get("scale_orchestrator", {}))
 
 
 def _log(msg: str) -> None:
@@ -159,7 +166,8 @@ def _log(msg: str) -> None:
 def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (about a minute)")
-    ap.add_argument("--only", action="append", choices=SECTIONS, help="run only this section (repeatable)")
+    ap.add_argument("--only", action="append", choices=(*SECTIONS, *EXTRA_SECTIONS),
+                    help=f"run only this section (repeatable); {', '.join(EXTRA_SECTIONS)} run only when named")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a shared machine 2 threads ran 20-60x slower than 1, "
                          "spinning on descheduled workers; 0 keeps torch's default)")
@@ -202,6 +210,7 @@ def _runners(smoke: bool, embedded: Optional[tuple]) -> dict[str, Callable[[], d
     return {
         "estep": estep, "mstep": simple("mstep", True), "orchestration": simple("orchestration", False),
         "store": simple("store", False), "scaling": simple("scaling", True), "dashboard": lambda: run_dashboard(smoke),
+        "scale_orchestrator": simple("orchestrator_scale", False),
     }
 
 
@@ -239,6 +248,12 @@ def _meta(args: argparse.Namespace, wanted: list[str], sections: dict[str, dict]
             "load_average_start": load_start, "load_average_end": load_average()}
 
 
+def report_name(wanted: list[str]) -> str:
+    """``latest``, unless every section run is an opt-in one: then that section's own report."""
+    names = {EXTRA_SECTIONS.get(w) for w in wanted}
+    return names.pop() if len(names) == 1 and None not in names else "latest"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parse_args(argv)
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / ("smoke" if args.smoke else "")
@@ -262,7 +277,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             failed.append(name)
     rep = {"meta": _meta(args, wanted, sections, failed, t_start, load_start), "headline": headline(sections),
            "sections": sections}
-    paths = report.write_report(rep, out)
+    paths = report.write_report(rep, out, report_name(wanted))
     _log(f"[bench] wrote {paths['json']} and {paths['md']} in {rep['meta']['total_s']:.0f} s"
          + (f"; FAILED sections: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
