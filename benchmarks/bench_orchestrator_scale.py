@@ -83,8 +83,8 @@ def plans(smoke: bool) -> dict[str, list[Size]]:
                 "local": [Size("local", 1, 1, 2, 1, 2, 0.0)]}
     return {"debug": [Size("debug", t, 3, 200, t, 1, 0.005, r) for t, r in ((1, 3), (3, 2), (8, 1))]
             + [Size("debug", 1, i, 200, 1, 1, 0.005, 1, "iterations") for i in (1, 2, 4)],
-            "local": [Size("local", t, 3, 10, min(t, 2), 2, 0.2) for t in (1, 2, 4)],
-            "slurm": [Size("slurm", t, 3, 10, min(t, 2), 1, 0.2) for t in (1, 2, 4)]}
+            "local": [Size("local", t, 3, 10, min(t, 2), 2, 0.2, r) for t, r in ((1, 2), (2, 2), (4, 1))],
+            "slurm": [Size("slurm", t, 3, 10, min(t, 2), 1, 0.2, r) for t, r in ((1, 2), (2, 2), (4, 1))]}
 
 
 # ---------------------------------------------------------------- the worker (one sweep, one process)
@@ -130,6 +130,7 @@ class Probes:
 
     def install(self) -> None:
         import platform.driver as driver
+        from submitit.core.core import InfoWatcher
         from submitit.local.local import LocalJob
         from submitit.slurm.slurm import SlurmJob
 
@@ -139,7 +140,7 @@ class Probes:
         for owner, attr, name in ((Launcher, "submit", "submit"), (Launcher, "wait", "wait"),
                                   (StageJob, "__call__", "job_body"), (driver, "ingest_runs", "ingest"),
                                   (driver, "ingest_study", "ingest"), (LocalJob, "done", "poll_check"),
-                                  (SlurmJob, "done", "poll_check")):
+                                  (SlurmJob, "done", "poll_check"), (InfoWatcher, "update", "status_update")):
             self.wrap(owner, attr, name)
         self.count_sacct()
 
@@ -267,13 +268,14 @@ def per_job(raw: dict[str, Any], size: Size) -> dict[str, Any]:
     driver = raw["process_cpu_s"] - body + (children if size.launcher == "slurm" else 0.0)
     parts = {"submit": cpu.get("submit", 0.0), "poll": cpu.get("wait", 0.0) - body, "ingest": cpu.get("ingest", 0.0)}
     parts["other"] = raw["process_cpu_s"] - body - sum(parts.values())
-    checks = raw["probe_calls"].get("poll_check", 0)
+    checks, sacct = raw["probe_calls"].get("poll_check", 0), raw["probe_calls"].get("sacct", 0)
+    update = cpu.get("status_update", 0.0)  # the watcher's sacct calls (spawn, parse), mostly inside done()
     row = {"launcher": size.launcher, "axis": size.axis, "trials": size.trials, "iterations": size.iterations,
            "shards": size.shards, "jobs": raw["jobs"], **{f"{k}_ms": 1e3 * v / jobs for k, v in parts.items()},
            "driver_ms": 1e3 * driver / jobs, "job_body_ms": 1e3 * body / jobs,
            "children_ms": 1e3 * children / jobs, "poll_checks_per_job": checks / jobs,
-           "poll_check_us": 1e6 * cpu.get("poll_check", 0.0) / checks if checks else None,
-           "sacct_calls": raw["probe_calls"].get("sacct", 0)}
+           "poll_check_us": 1e6 * max(cpu.get("poll_check", 0.0) - update, 0.0) / checks if checks else None,
+           "sacct_calls": sacct, "sacct_driver_ms": 1e3 * update / sacct if sacct else None}
     return row
 
 
@@ -309,13 +311,12 @@ def merge_repeats(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def measure(size: Size, timeout_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(run row, cost row) of ``size``, the median of its repeats."""
-    raws = [run_worker(size, timeout_s) for _ in range(size.repeat)]
+def summarize(size: Size, raws: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(run row, cost row) of ``size``, the median of its runs."""
     runs = [run_row(r, size) for r in raws]
     row = merge_repeats(runs)
-    row["repeats"] = size.repeat
-    if size.repeat > 1:
+    row["repeats"] = len(raws)
+    if len(raws) > 1:
         row["driver_cpu_s_each"] = [round(r["driver_cpu_s"], 2) for r in runs]
     return row, merge_repeats([per_job(r, size) for r in raws])
 
@@ -418,28 +419,40 @@ def _pick(costs: list[dict[str, Any]], launcher: str, axis: str, iterations: Opt
     return max(rows, key=lambda c: (c["iterations"], c["jobs"])) if rows else None
 
 
+def _poll_parts(poller: dict[str, Any], paper: dict[str, Any], sacct_s: Optional[float]) -> list[tuple]:
+    """Polling one array of 10-minute shards: ``done()`` on every pending task every round, and the
+    sacct that ``wait_jobs`` forces once a second (per waiting trial), per shard job."""
+    array_s = math.ceil(paper["shards"] / paper["max_parallel_jobs"]) * SHARD_S  # waves of 10-minute shards
+    checks = array_s / paper["poll_s"] / 2  # every round checks every pending task; half are pending on average
+    rows = [("polling the array: done() per pending task per round", poller["poll_check_us"] * checks / 1e3,
+             f"{poller['poll_check_us']:.0f} us per check ({poller['launcher']}) x {checks:,.0f} checks "
+             f"({array_s:,.0f} s array / {paper['poll_s']} s poll / 2)")]
+    if sacct_s is not None and poller.get("sacct_driver_ms") is not None:
+        calls = array_s / 1.0 / paper["shards"]
+        per_call = poller["sacct_driver_ms"] + 1e3 * sacct_s
+        rows.append(("forced sacct, one a second per waiting trial", per_call * calls,
+                     f"{poller['sacct_driver_ms']:.1f} ms in the driver (spawn, parse) + {1e3 * sacct_s:.1f} ms "
+                     f"sacct's own CPU, x {calls:.0f} calls per shard job"))
+    return rows
+
+
 def projection_rows(costs: list[dict[str, Any]], runs: list[dict[str, Any]], sacct_s: Optional[float]) -> list[dict]:
     """The driver's CPU per E-step shard job in the paper's sweep, from the constants measured here."""
     paper = paper_config()
     base, deep = _pick(costs, "debug", "trials"), _pick(costs, "debug", "iterations", paper["iterations"])
+    submitter = _pick(costs, "slurm", "trials") or base
     poller = _pick(costs, "slurm", "trials") or _pick(costs, "local", "trials")
     if base is None:
         return []
-    array_s = math.ceil(paper["shards"] / paper["max_parallel_jobs"]) * SHARD_S  # waves of 10-minute shards
-    rows = [("submit + bookkeeping (Optuna, plans, ledger, markers)", base["submit_ms"] + base["other_ms"],
+    deep = deep or base
+    rows = [("bookkeeping: Optuna, plans, ledgers, markers, live view", base["other_ms"],
              f"measured: debug, {base['jobs']:,} jobs"),
-            ("ingest after every stage", (deep or base)["ingest_ms"],
-             f"measured: debug, {(deep or base)['trials']} trial(s) x {(deep or base)['iterations']} iterations x "
-             f"{(deep or base)['shards']} shards")]
-    if poller and poller.get("poll_check_us"):
-        checks = array_s / paper["poll_s"] / 2  # every round checks every pending task; half are pending on average
-        rows.append(("polling the array (done() per pending task per round)", poller["poll_check_us"] * checks / 1e3,
-                     f"{poller['poll_check_us']:.0f} us per check ({poller['launcher']}) x {checks:,.0f} checks: "
-                     f"{array_s:,.0f} s array / {paper['poll_s']} s poll / 2"))
-    if sacct_s is not None:
-        calls = array_s / 1.0 / paper["shards"]  # wait_jobs forces one sacct per second per waiting trial
-        rows.append(("forced sacct, one per second per waiting trial", 1e3 * sacct_s * calls,
-                     f"{1e3 * sacct_s:.0f} ms CPU per sacct x {calls:.0f} calls per shard job"))
+            ("submit", submitter["submit_ms"], f"measured: {submitter['launcher']}, {submitter['jobs']:,} jobs "
+             f"({submitter['shards']}-task arrays; sbatch's own CPU, one call per array, left out)"),
+            ("ingest after every stage", deep["ingest_ms"], f"measured: debug, {deep['trials']} trial(s) x "
+             f"{deep['iterations']} iterations x {deep['shards']} shards")]
+    if poller and poller.get("poll_check_us") is not None:
+        rows += _poll_parts(poller, paper, sacct_s)
     out = [{"part": p, "ms_per_shard_job": ms, "how": how} for p, ms, how in rows]
     total = sum(r["ms_per_shard_job"] for r in out)
     out.append({"part": "total", "ms_per_shard_job": total, "share_of_600s_shard_pct": 100 * total / 1e3 / SHARD_S,
@@ -486,6 +499,26 @@ def check_caps(runs: list[dict[str, Any]]) -> None:
             f"({r['max_concurrency_per_array']} per array), cap {r['cap']} {r['cap_scope']}" for r in over))
 
 
+def launcher_series(sizes: list[Size], timeout_s: float, log: Callable[[str], None]) -> tuple[list, list, list]:
+    """Every size of one launcher, its repeats in rounds (each round runs every size still owed a run,
+    smallest first), so that the shared machine's drift in load touches every size alike."""
+    raws: list[list[dict[str, Any]]] = [[] for _ in sizes]
+    failed: dict[int, str] = {}
+    for round_ in range(max(s.repeat for s in sizes)):
+        for i, size in enumerate(sizes):
+            if size.repeat <= round_ or i in failed:
+                continue
+            log(f"  {size.launcher}: {size.trials} trial(s) x {size.iterations} iteration(s) x {size.shards} shards "
+                f"({size.axis} axis), run {round_ + 1} of {size.repeat}")
+            try:
+                raws[i].append(run_worker(size, timeout_s))
+            except Exception as exc:  # one size failing must not lose the others' numbers
+                failed[i] = f"{size.launcher} {size.array_tasks} tasks ({size.axis}): failed: {type(exc).__name__}: " \
+                            f"{str(exc)[:600]}"
+    rows = [summarize(size, rs) for i, (size, rs) in enumerate(zip(sizes, raws)) if rs and i not in failed]
+    return [r for r, _ in rows], [c for _, c in rows], list(failed.values())
+
+
 def _series(smoke: bool, log: Callable[[str], None]) -> tuple[list[dict], list[dict], list[str]]:
     from benchmarks.bench_orchestration import slurm_available
 
@@ -494,17 +527,8 @@ def _series(smoke: bool, log: Callable[[str], None]) -> tuple[list[dict], list[d
         if launcher == "slurm" and not slurm_available():
             notes.append("slurm: skipped (sinfo does not answer; start one with scripts/slurm/start.sh)")
             continue
-        for size in sizes:
-            log(f"  {launcher}: {size.trials} trial(s) x {size.iterations} iteration(s) x {size.shards} shards "
-                f"({size.axis} axis), {size.repeat} run(s)")
-            try:
-                run, cost = measure(size, 180 if smoke else 1800)
-            except Exception as exc:  # one size failing must not lose the others' numbers
-                notes.append(f"{launcher} {size.array_tasks} tasks ({size.axis}): failed: {type(exc).__name__}: "
-                             f"{str(exc)[:600]}")
-                continue
-            runs.append(run)
-            costs.append(cost)
+        r, c, n = launcher_series(sizes, 180 if smoke else 1800, log)
+        runs, costs, notes = runs + r, costs + c, notes + n
     if smoke:
         notes.append("slurm: skipped in the smoke run")
     return runs, costs, notes
