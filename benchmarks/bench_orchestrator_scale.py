@@ -82,7 +82,7 @@ def plans(smoke: bool) -> dict[str, list[Size]]:
                 + [Size("debug", 1, i, 4, 1, 1, 0.0, axis="iterations") for i in (1, 2)],
                 "local": [Size("local", 1, 1, 2, 1, 2, 0.0)]}
     return {"debug": [Size("debug", t, 3, 200, t, 1, 0.005, r) for t, r in ((1, 3), (3, 2), (8, 1))]
-            + [Size("debug", 1, i, 200, 1, 1, 0.005, 1, "iterations") for i in (1, 2, 4)],
+            + [Size("debug", 1, i, 200, 1, 1, 0.005, 3, "iterations") for i in (1, 2, 4)],
             "local": [Size("local", t, 3, 10, min(t, 2), 2, 0.2, r) for t, r in ((1, 2), (2, 2), (4, 1))],
             "slurm": [Size("slurm", t, 3, 10, min(t, 2), 1, 0.2, r) for t, r in ((1, 2), (2, 2), (4, 1))]}
 
