@@ -130,6 +130,7 @@ class Probes:
 
     def install(self) -> None:
         import platform.driver as driver
+        from platform.ingest import Ingester
         from submitit.core.core import InfoWatcher
         from submitit.local.local import LocalJob
         from submitit.slurm.slurm import SlurmJob
@@ -138,8 +139,9 @@ class Probes:
         from launchers.jobs import StageJob
 
         for owner, attr, name in ((Launcher, "submit", "submit"), (Launcher, "wait", "wait"),
-                                  (StageJob, "__call__", "job_body"), (driver, "ingest_runs", "ingest"),
-                                  (driver, "ingest_study", "ingest"), (LocalJob, "done", "poll_check"),
+                                  (StageJob, "__call__", "job_body"), (driver, "request_run", "ingest"),
+                                  (driver, "request_study", "ingest"), (Ingester, "round", "ingest"),
+                                  (LocalJob, "done", "poll_check"),
                                   (SlurmJob, "done", "poll_check"), (InfoWatcher, "update", "status_update")):
             self.wrap(owner, attr, name)
         self.count_sacct()

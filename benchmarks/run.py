@@ -274,7 +274,10 @@ def _meta(args: argparse.Namespace, wanted: list[str], sections: dict[str, dict]
 def report_stem(wanted: list[str], smoke: bool, out: Optional[str]) -> str:
     """``latest``, or the own report of a section run alone (``--only scale``: ``scale``) when it
     goes to benchmarks/results: the other sections' latest report stays as it is."""
-    return OWN_REPORT.get(wanted[0], "latest") if len(wanted) == 1 and not smoke and not out else "latest"
+    if len(wanted) != 1 or wanted[0] not in OWN_REPORT:
+        return "latest"
+    # an opt-in section always keeps its own report; scale only when it writes to benchmarks/results
+    return OWN_REPORT[wanted[0]] if wanted[0] in EXTRA_SECTIONS or (not smoke and not out) else "latest"
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks.bench_orchestrator_scale import (
     Size, linear_fit, max_overlap, merge_repeats, plans, slope_rows)
-from benchmarks.run import report_name
+from benchmarks.run import report_stem
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTS = ("submit_ms", "poll_ms", "ingest_ms", "other_ms")
@@ -86,8 +86,8 @@ def test_helpers():
     assert (slope, intercept, r2) == pytest.approx((2.0, 1.0, 1.0))
     assert merge_repeats([{"a": 1, "b": 2.0, "ok": True, "s": "x"}, {"a": 3, "b": 4.0, "ok": False, "s": "y"}]) == \
         {"a": 2, "b": 3.0, "ok": False, "s": "x"}
-    assert report_name(["scale_orchestrator"]) == "orchestrator_scale"
-    assert report_name(["scale_orchestrator", "store"]) == report_name(["store"]) == "latest"
+    assert report_stem(["scale_orchestrator"], False, None) == "orchestrator_scale"
+    assert report_stem(["scale_orchestrator", "store"], False, None) == report_stem(["store"], False, None) == "latest"
     runs = [{"launcher": "debug", "axis": "trials", "jobs": j, "peak_rss_mb": 100.0 + j / 1024} for j in (10, 20)]
     costs = [{"launcher": "debug", "axis": "trials", "jobs": j, **{p: 2.0 for p in PARTS}, "driver_ms": 8.0}
              for j in (10, 20)]
