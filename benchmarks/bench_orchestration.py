@@ -29,7 +29,7 @@ TARGETS_S = {"debug": 1.0, "local": 1.0, "slurm": 1.5}
 
 def sleep_stage(ctx: Any) -> dict[str, Any]:
     """The stage's 'compute': sleep ``sleep_s``."""
-    time.sleep(float(ctx.config["sleep_s"]))
+    time.sleep(float(ctx.params["sleep_s"]))
     return {"tokens_in": 0, "tokens_out": 0, "flops": 0.0}
 
 

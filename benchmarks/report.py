@@ -3,7 +3,8 @@
 Both carry the machine, library versions and git commit that produced the numbers, and the load
 average while they were measured (the machine is shared: a high load means slower, noisier runs).
 Written as ``<out>/<UTC stamp>.{json,md}`` and copied to ``<out>/latest.{json,md}`` (``scale.{json,md}``
-for ``--only scale``, which keeps its own report beside the others').
+for ``--only scale`` and ``orchestrator_scale.{json,md}`` for ``--only scale_orchestrator``, which keep
+their own reports beside the others').
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path, stem: str = "lates
     copy; returns the written paths (``json``/``md`` being the ``<stem>`` ones)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + ("" if stem == "latest" else f"-{stem}")
     files: dict[str, str] = {}
     for sec in report["sections"].values():
         own = sec.pop("files", None) or {}

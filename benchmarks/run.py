@@ -4,7 +4,10 @@ Sections: estep (sampling + scoring), mstep, orchestration, store, scaling, dash
 (the results store with 10M E-step rows in 200 shards: GBs of files and minutes, so only on request,
 ``--only scale``, which writes ``benchmarks/results/scale.{json,md}`` and leaves ``latest`` alone).
 ``--smoke`` runs every section, scale included, at tiny sizes (about a minute; the test suite runs
-it) and writes to ``benchmarks/results/smoke/`` unless ``--out`` says otherwise. A section that fails is recorded with
+it) and writes to ``benchmarks/results/smoke/`` unless ``--out`` says otherwise. Opt-in, run only
+when ``--only`` names it: scale_orchestrator (the sweep driver at up to 4,800 array tasks, about 15
+minutes here; ``benchmarks/bench_orchestrator_scale.py``), which writes its own report,
+``orchestrator_scale.{json,md}``. A section that fails is recorded with
 its error and the others still run; the exit status is 1 when any section failed.
 
 Optional parts, included when present:
@@ -39,6 +42,9 @@ from benchmarks import load_average, section  # noqa: E402
 SECTIONS = ("estep", "mstep", "orchestration", "store", "scaling", "dashboard", "scale")
 DEFAULT_SECTIONS = SECTIONS[:-1]  # a full run without --only: scale runs only when asked for
 OWN_REPORT = {"scale": "scale"}  # a section run alone that keeps its own report (benchmarks/results/scale.*)
+# opt-in sections (not in a plain run nor --smoke) and the report each writes when run alone
+EXTRA_SECTIONS = {"scale_orchestrator": "orchestrator_scale"}
+OWN_REPORT.update(EXTRA_SECTIONS)
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 
 
@@ -170,7 +176,9 @@ def headline(sections: dict[str, dict]) -> list[dict[str, Any]]:
     dash = sections.get("dashboard", {}).get("summary", {})
     if dash.get("verdict"):
         add("Dashboard across-iterations page", dash["verdict"], "< 2 s")
-    return rows
+    from benchmarks.bench_orchestrator_scale import headline_rows
+
+    return rows + headline_rows(sections.get("scale_orchestrator", {}))
 
 
 def _log(msg: str) -> None:
@@ -180,7 +188,8 @@ def _log(msg: str) -> None:
 def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (about a minute)")
-    ap.add_argument("--only", action="append", choices=SECTIONS, help="run only this section (repeatable)")
+    ap.add_argument("--only", action="append", choices=(*SECTIONS, *EXTRA_SECTIONS),
+                    help=f"run only this section (repeatable); {', '.join(EXTRA_SECTIONS)} run only when named")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a shared machine 2 threads ran 20-60x slower than 1, "
                          "spinning on descheduled workers; 0 keeps torch's default)")
@@ -224,6 +233,7 @@ def _runners(smoke: bool, embedded: Optional[tuple]) -> dict[str, Callable[[], d
         "estep": estep, "mstep": simple("mstep", True), "orchestration": simple("orchestration", False),
         "store": simple("store", False), "scaling": simple("scaling", True), "dashboard": lambda: run_dashboard(smoke),
         "scale": simple("scale", False),
+        "scale_orchestrator": simple("orchestrator_scale", False),
     }
 
 
@@ -264,7 +274,10 @@ def _meta(args: argparse.Namespace, wanted: list[str], sections: dict[str, dict]
 def report_stem(wanted: list[str], smoke: bool, out: Optional[str]) -> str:
     """``latest``, or the own report of a section run alone (``--only scale``: ``scale``) when it
     goes to benchmarks/results: the other sections' latest report stays as it is."""
-    return OWN_REPORT.get(wanted[0], "latest") if len(wanted) == 1 and not smoke and not out else "latest"
+    if len(wanted) != 1 or wanted[0] not in OWN_REPORT:
+        return "latest"
+    # an opt-in section always keeps its own report; scale only when it writes to benchmarks/results
+    return OWN_REPORT[wanted[0]] if wanted[0] in EXTRA_SECTIONS or (not smoke and not out) else "latest"
 
 
 def main(argv: Optional[list[str]] = None) -> int:

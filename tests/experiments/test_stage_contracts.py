@@ -9,11 +9,13 @@ import dataclasses
 import functools
 
 import pytest
+import yaml
 
 from experiments import inputs
 from experiments.graphs import build_plan
 from platform.cli import load
 from platform.stage import Stage, perf_fields
+from platform.trial import apply_params
 
 EXPERIMENTS = ["bootstrap", "em_compute", "synthetic_thoughts", "raw_baseline", "mixture", "thought_length"]
 
@@ -30,9 +32,18 @@ PERFORMANCE = [
 
 
 @functools.lru_cache(maxsize=None)
-def keys(*overrides: str) -> dict[str, str]:
-    plan = build_plan(load(list(overrides)).cfg)
-    return {s.display: s.key for s in plan.stages}
+def _composed(experiment_override: str):
+    return load([experiment_override])
+
+
+@functools.lru_cache(maxsize=None)
+def keys(experiment_override: str, *overrides: str) -> dict[str, str]:
+    """Stage keys of the experiment's plan under ``overrides``: composed once per experiment, the
+    overrides applied and validated as a trial's params are (platform.trial.apply_params)."""
+    composed = _composed(experiment_override)
+    params = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in overrides)}
+    spec = apply_params(composed.raw, params, composed.overrides)
+    return {s.display: s.key for s in build_plan(spec.cfg).stages}
 
 
 def test_every_perf_field_has_an_override_here():

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _stage(fn: str, config: dict, num_shards: int = 1) -> Stage:
-    return Stage(name="toy", fn=f"{TOY}:{fn}", config=config, num_shards=num_shards)
+    return Stage(name="toy", fn=f"{TOY}:{fn}", params=config, num_shards=num_shards)
 
 
 def test_the_config_names_the_kind():
