@@ -135,4 +135,6 @@ APP = App(
     # the run totals each stage's FLOPs go into; total_flops is what producing the model cost
     compute_buckets={"estep": "estep_flops", "mstep": "train_flops", "eval": "eval_flops"},
     total_buckets=("estep_flops", "train_flops"),
+    # what K buys inside the E-step, where the corpus has an oracle derivation to compare with
+    summary_metrics=(("estep", "thought_correct_selected"), ("estep", "thought_correct_random")),
 )

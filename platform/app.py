@@ -29,7 +29,9 @@ class App:
     stage graph of a typed config. ``known_errors``: exception names (as a traceback's last line
     writes them) that stages raise on purpose, reported in one line (``platform.failures``).
     ``compute_buckets``: stage name -> the run total its FLOPs add to (``{"mstep": "train_flops"}``);
-    ``total_buckets``: the buckets whose sum is the run's ``total_flops``.
+    ``total_buckets``: the buckets whose sum is the run's ``total_flops``. ``summary_metrics``:
+    (stage, metric) pairs the end-of-sweep summary prints by iteration for every trial, beside
+    the objective (e.g. how often the E-step's selected thought was correct).
     """
 
     name: str
@@ -40,6 +42,7 @@ class App:
     known_errors: tuple[str, ...] = ()
     compute_buckets: dict[str, str] = field(default_factory=dict)
     total_buckets: tuple[str, ...] = ()
+    summary_metrics: tuple[tuple[str, str], ...] = ()
 
 
 def load_app() -> App:

@@ -69,31 +69,51 @@ def _print_reuse(cfg: Any, trials: list) -> None:
 
 
 def _print_by_iteration(study: Any, cfg: Any, trials: list) -> None:
-    """The first objective after every evaluated iteration of each trial, then the references'."""
-    from platform.store import query_rows
+    """The first objective after every evaluated iteration of each trial and of the references,
+    then each of the app's ``summary_metrics`` (stage, metric) by iteration for the trials."""
+    from platform.app import load_app
 
     metric = cfg.sweep.objectives[0].metric if cfg.sweep.objectives else "accuracy"
     refs = dict(study.user_attrs.get("references") or {})
     runs = {t.user_attrs["run_id"]: t for t in trials if t.user_attrs.get("run_id") and not t.user_attrs.get("interrupted")}
-    wanted = list(runs) + list(refs.values())
-    if not wanted:
-        return
-    try:
-        rows = query_rows(cfg.paths.results, f"""
-            select run_id, iteration, value from metrics
-            where stage = 'eval' and name = ? and run_id in ({", ".join("?" * len(wanted))})
-            order by run_id, iteration""", [metric, *wanted])
-    except Exception:  # noqa: BLE001 - no store yet (nothing ingested): the lines above say it all
-        return
-    series: dict[str, list[str]] = {}
-    for run_id, it, value in rows:
-        series.setdefault(run_id, []).append(f"{value:.3f}" if it is None else f"[{it}] {value:.3f}")
+    series = _series(cfg, [*runs, *refs.values()], "eval", metric)
     if any(r in series for r in runs):
         print(f"{metric} by iteration ([0]: before any E-step, e.g. a warm start):")
-        for run_id, t in runs.items():
-            if run_id in series:
-                print(f"  #{t.number:<3} {t.params}  " + "  ".join(series[run_id]))
+        _print_runs(runs, series)
     if refs:
         print(f"references ({metric}):")
         for label, run_id in refs.items():
             print(f"  {label}: " + ("  ".join(series[run_id]) if run_id in series else "(no result)"))
+    for stage, name in load_app().summary_metrics:
+        series = _series(cfg, list(runs), stage, name)
+        if series:
+            print(f"{stage} {name} by iteration:")
+            _print_runs(runs, series)
+
+
+def _print_runs(runs: dict, series: dict[str, list[str]]) -> None:
+    for run_id, t in runs.items():
+        if run_id in series:
+            print(f"  #{t.number:<3} {t.params}  " + "  ".join(series[run_id]))
+
+
+def _series(cfg: Any, run_ids: list[str], stage: str, metric: str) -> dict[str, list[str]]:
+    """run id -> ``[iteration] value`` strings of one stage's metric (its last step in each
+    iteration, as a training loss ends), in iteration order."""
+    from platform.store import query_rows
+
+    if not run_ids:
+        return {}
+    try:
+        rows = query_rows(cfg.paths.results, f"""
+            select run_id, iteration, value from metrics
+            where stage = ? and name = ? and run_id in ({", ".join("?" * len(run_ids))})
+            qualify row_number() over (partition by run_id, iteration order by step desc) = 1
+            order by run_id, iteration""", [stage, metric, *run_ids])
+    except Exception:  # noqa: BLE001 - no store yet (nothing ingested): the lines above say it all
+        return {}
+    series: dict[str, list[str]] = {}
+    for run_id, it, value in rows:
+        if value is not None:
+            series.setdefault(run_id, []).append(f"{value:.3f}" if it is None else f"[{it}] {value:.3f}")
+    return series

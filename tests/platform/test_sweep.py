@@ -30,6 +30,8 @@ def test_sweep_records_trials_runs_and_metrics(tmp_path):
     # shared prefix: `prepare` has the same key in every trial, so it ran once
     assert sum(c["stage"] == "prepare" for c in _calls(res)) == 1
     assert _q(res, "select count(*) from stages where stage='prepare' and cached") == [(3,)]
+    # the app's summary metric, its last step per iteration (toy loss 1/(1 + step + it), steps 0-2)
+    assert "mstep loss by iteration:" in out.stdout and "[0] 0.333  [1] 0.250" in out.stdout
     run_dir = Path(_q(res, "select run_dir from runs limit 1")[0][0])
     for name in ("run.json", "config.yaml", "overrides.yaml", "git.json", "stages.jsonl"):
         assert (run_dir / name).exists(), name

@@ -156,4 +156,5 @@ APP = App(
     rules=(_work,),
     compute_buckets={"estep": "estep_flops", "mstep": "train_flops", "eval": "eval_flops"},
     total_buckets=("estep_flops", "train_flops"),
+    summary_metrics=(("mstep", "loss"),),
 )
