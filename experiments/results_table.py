@@ -4,7 +4,7 @@
 
 Rows: raw-token-match, raw-FLOP-match, synthetic thoughts, the warm start (bootstrap iteration 0)
 and bootstrap iterations 1..n for each K; columns: accuracy, held-out NLL, ELBO_4, seeds. Then the
-E-step's thought correctness (against the oracle derivation) and ESS by chunk type, per K and iteration.
+differences the paper's orderings are about, with their standard errors, and the E-step's thought correctness (against the oracle derivation) and ESS by chunk type, per K and iteration.
 """
 
 from __future__ import annotations
@@ -36,24 +36,37 @@ def _label(row) -> Optional[str]:
     return f"bootstrap K={row.k}, iter {row.iteration}"
 
 
-def _fmt(values) -> str:
+def _mean_se(values) -> tuple[Optional[float], Optional[float]]:
+    """Mean and standard error of the mean (None with fewer than 2 values), NaN and None left out."""
     values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not values:
-        return "-"
+        return None, None
     mean = sum(values) / len(values)
     if len(values) < 2:
-        return f"{mean:.3f}"
-    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
-    return f"{mean:.3f} ± {se:.3f}"
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
+def _fmt(values) -> str:
+    mean, se = _mean_se(values)
+    if mean is None:
+        return "-"
+    return f"{mean:.3f}" if se is None else f"{mean:.3f} ± {se:.3f}"
+
+
+def _runs(results: str):
+    df = query_df(results, SQL)
+    if df.empty:
+        return df
+    df["label"] = [_label(r) for r in df.itertuples()]
+    # a warm start shared by several K is one model per seed: count it once
+    return df.drop_duplicates(subset=["label", "seed", "accuracy", "nll"])
 
 
 def table(results: str) -> str:
-    df = query_df(results, SQL)
+    df = _runs(results)
     if df.empty:
         return "(no completed runs)"
-    df["label"] = [_label(r) for r in df.itertuples()]
-    # a warm start shared by several K is one model per seed: count it once
-    df = df.drop_duplicates(subset=["label", "seed", "accuracy", "nll"])
     order = ["raw, token-match", "raw, FLOP-match", "raw, compute-match", "raw", "synthetic thoughts",
              "bootstrap warm start (iter 0)"]
     labels = [l for l in order if l in set(df.label)] + sorted(l for l in set(df.label) if l not in order)
@@ -91,11 +104,45 @@ def correctness_table(results: str) -> str:
     return "\n".join(lines)
 
 
+def _comparisons(labels: set[str]) -> list[tuple[str, str]]:
+    """(a, b) row pairs whose difference a - b the paper's orderings are about."""
+    pairs = [("synthetic thoughts", other) for other in ("raw, token-match", "raw, FLOP-match") if other in labels]
+    boot = sorted({(int(l.split("K=")[1].split(",")[0]), int(l.rsplit(" ", 1)[1])) for l in labels if "K=" in l})
+    for k, it in boot:
+        before = "bootstrap warm start (iter 0)" if it == 1 else f"bootstrap K={k}, iter {it - 1}"
+        pairs.append((f"bootstrap K={k}, iter {it}", before))
+    ks = sorted({k for k, _ in boot})
+    if len(ks) > 1:
+        iters = sorted({it for k, it in boot if k == ks[0]} & {it for k, it in boot if k == ks[-1]})
+        pairs += [(f"bootstrap K={ks[-1]}, iter {it}", f"bootstrap K={ks[0]}, iter {it}") for it in iters]
+    return [(a, b) for a, b in pairs if a in labels and b in labels]
+
+
+def comparisons_table(results: str, metric: str = "accuracy") -> str:
+    """The differences the paper's orderings are about, each with the standard error of the
+    difference of two independent means, sqrt(SE_a^2 + SE_b^2): unpaired, so conservative where
+    two rows share a seed's warm start."""
+    df = _runs(results)
+    if df.empty:
+        return "(no completed runs)"
+    lines = [f"| {metric}: a - b | difference | SE of the difference | difference / SE |", "|---|---|---|---|"]
+    for a, b in _comparisons(set(df.label)):
+        (ma, sa), (mb, sb) = _mean_se(df[df.label == a][metric].tolist()), _mean_se(df[df.label == b][metric].tolist())
+        if ma is None or mb is None:
+            continue
+        se = math.sqrt(sa ** 2 + sb ** 2) if sa is not None and sb is not None else None
+        ratio = f"{(ma - mb) / se:.1f}" if se else "-"
+        lines.append(f"| {a} - {b} | {ma - mb:+.3f} | {'-' if se is None else f'{se:.3f}'} | {ratio} |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.results_table", description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="results")
     args = parser.parse_args(argv)
     print(table(args.results))
+    print()
+    print(comparisons_table(args.results))
     print()
     print(correctness_table(args.results))
 
