@@ -1,7 +1,9 @@
 """Load run folders and Optuna studies into DuckDB, idempotently.
 
-Each run is replaced as a whole (delete its rows, insert what its folder says now), so ingesting
-twice adds no row and a re-ingest after a crash repairs a partial one. E-step sample rows are not
+A run is replaced as a whole (delete its rows, insert what its folder says now), or one stage of
+it with the run row (what a driver asks as each stage finishes: the cost is the stage's, not the
+run's), each in one transaction, so ingesting twice adds no row and a crash leaves no partial one.
+Both write the same rows for a stage (tests/platform/test_ingest.py). E-step sample rows are not
 copied: their Parquet files are listed in ``estep_files`` and read through the ``estep_samples``
 view (platform/samples.py).
 
