@@ -19,7 +19,8 @@ marginal cost of one more job) with the log-log exponent (1 is linear; above ``L
 counts as superlinear). Target: the driver's CPU per job under 1% of a 10-minute shard (6 s).
 Concurrency comes from the completion markers (each stage body's start and end) and is checked
 against the cap each launcher enforces: ``max_parallel_jobs`` machine-wide (local), per job array
-(SLURM's ``%N``), and the trials in flight on debug (its jobs run in the trial threads).
+(SLURM's ``%N``), and per driver on debug (its jobs run in the trial threads, a semaphore's
+slots each).
 
 Only stdlib imports at module level: the worker sets up the toy app's environment first.
 """
@@ -77,12 +78,14 @@ class Size:
 def plans(smoke: bool) -> dict[str, list[Size]]:
     """The series per launcher. Full: debug at 600 / 1,800 / 4,800 array tasks (1 / 3 / 8 trials x 3
     iterations x 200 shards, every trial in flight) and 1 trial at 1 / 2 / 4 iterations; local and
-    SLURM at 30 / 60 / 120 tasks (10-shard arrays: a local job is two Python processes on 2 cores)."""
+    SLURM at 30 / 60 / 120 tasks (10-shard arrays: a local job is two Python processes on 2 cores).
+    Debug's max_parallel_jobs is the trials in flight: each trial's jobs run in its own thread, and
+    the cap (one at a time by default) would otherwise serialize them."""
     if smoke:
-        return {"debug": [Size("debug", t, 1, 4, t, 1, 0.0) for t in (1, 2)]
+        return {"debug": [Size("debug", t, 1, 4, t, t, 0.0) for t in (1, 2)]
                 + [Size("debug", 1, i, 4, 1, 1, 0.0, axis="iterations") for i in (1, 2)],
                 "local": [Size("local", 1, 1, 2, 1, 2, 0.0)]}
-    return {"debug": [Size("debug", t, 3, 200, t, 1, 0.005, r) for t, r in ((1, 3), (3, 2), (8, 1))]
+    return {"debug": [Size("debug", t, 3, 200, t, t, 0.005, r) for t, r in ((1, 3), (3, 2), (8, 1))]
             + [Size("debug", 1, i, 200, 1, 1, 0.005, 3, "iterations") for i in (1, 2, 4)],
             "local": [Size("local", t, 3, 10, min(t, 2), 2, 0.2, r) for t, r in ((1, 2), (2, 2), (4, 1))],
             "slurm": [Size("slurm", t, 3, 10, min(t, 2), 1, 0.2, r) for t, r in ((1, 2), (2, 2), (4, 1))]}
@@ -284,7 +287,7 @@ def run_worker(size: Size, timeout_s: float) -> dict[str, Any]:
 def cap_of(size: Size) -> tuple[int, str]:
     """The concurrency the launcher promises to keep, and over what."""
     if size.launcher == "debug":
-        return size.parallel, "trials in flight (debug jobs run in the trial threads; max_parallel_jobs not applied)"
+        return size.max_parallel_jobs, "per driver (debug jobs run in the trial threads, max_parallel_jobs at a time)"
     if size.launcher == "slurm":
         return size.max_parallel_jobs, "per job array (sbatch --array %N)"
     return size.max_parallel_jobs, "machine-wide (flock slots)"
