@@ -166,9 +166,7 @@ def reads_text(db: Path, sql: str, params: list) -> bool:
         return bool(scanned_columns(con, sql, params) & set(TEXT_COLUMNS))
 
 
-def time_queries(db: Path, n_rows: int, repeat: int, plans: bool = True) -> dict[str, dict[str, Any]]:
-    """Each query's median time and rows; with ``plans``, whether its plan reads a text column
-    (the view's store only: on the copy's, the page runs another query than the one named)."""
+def time_queries(db: Path, n_rows: int, repeat: int) -> dict[str, dict[str, Any]]:
     from platform.store import query_df
 
     out = {}
@@ -178,7 +176,7 @@ def time_queries(db: Path, n_rows: int, repeat: int, plans: bool = True) -> dict
             t, _ = median_time(run, repeat)
         except duckdb.CatalogException:  # the copy's store has no file list
             continue
-        out[name] = {"s": t, "rows": len(run()), "reads_text": reads_text(db, sql, params) if plans else None}
+        out[name] = {"s": t, "rows": len(run()), "reads_text": reads_text(db, sql, params)}
     return out
 
 
@@ -220,7 +218,7 @@ def measure(tmp: Path, n_rows: int, shards: int, repeat: int, copy: bool) -> dic
     if copy:
         out["copy_s"] = copy_store(results, tmp / "copy", files)
         out["copy_db_mb"] = _mb(tmp / "copy" / "platform.duckdb")
-        out["copy"] = time_queries(tmp / "copy" / "platform.duckdb", n_rows, repeat, plans=False)
+        out["copy"] = time_queries(tmp / "copy" / "platform.duckdb", n_rows, repeat)
         shutil.rmtree(tmp / "copy")
     stages = [("k0001", 1, first)] + [(f"k{it:04d}", it, link_stage(first, f"k{it:04d}", it)) for it in range(2, 11)]
     write_run(results, stages[:2])
