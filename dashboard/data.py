@@ -122,15 +122,24 @@ def load_estep_runs() -> pd.DataFrame:
     return runs
 
 
-def load_estep_samples(run_id: str, limit: int, query=None) -> pd.DataFrame:
-    """At most ``limit`` of the run's samples, a pseudo-random set of whole chunks (ESTEP_SAMPLES_SQL;
-    on a store not written since it copied the rows in, which has no list of files to count them
-    by, the unbounded query). ``query(sql, *params)``: :func:`load` by default."""
+def hash_bound(n_samples: int, limit: int) -> Optional[int]:
+    """A bound on hash(doc_id, chunk_id) below which about 3 x ``limit`` of ``n_samples`` rows fall;
+    None when the run is small enough to read whole."""
+    return None if n_samples <= 4 * limit else int(2**64 * 3 * limit / n_samples)
+
+
+def load_estep_samples(run_id: str, limit: int, n_samples: int, query=None) -> pd.DataFrame:
+    """ESTEP_SAMPLES_SQL's rows, cheaper for a large run: the hashed query first, whose first
+    ``limit`` rows are ESTEP_SAMPLES_SQL's whenever it returns ``limit`` of them (every row it
+    leaves out hashes above all it keeps); the full query otherwise. ``query(sql, *params)``:
+    :func:`load` by default."""
     query = query or load
-    try:
-        return query(ESTEP_SAMPLES_SQL, run_id, limit)
-    except duckdb.CatalogException:
-        return query(ESTEP_SAMPLES_UNBOUNDED_SQL, run_id, limit)
+    bound = hash_bound(n_samples, limit)
+    if bound is not None:
+        samples = query(ESTEP_SAMPLES_HASHED_SQL, run_id, bound, limit)
+        if len(samples) == limit:
+            return samples
+    return query(ESTEP_SAMPLES_SQL, run_id, limit)
 
 
 def unavailable_message(exc: DatabaseUnavailable) -> str:
@@ -224,34 +233,18 @@ GROUP BY run_id ORDER BY run_id
 """
 # The E-step page plots distributions, so a huge run is cut to a pseudo-random set of chunks:
 # ordering by a hash of the chunk keeps its K samples together and the same chunks in every iteration.
-_SAMPLE_COLUMNS = "iteration, doc_id, chunk_id, sample_idx, thought_tokens, log_p_joint, log_q, log_w, selected"
-_SAMPLE_ORDER = "hash(doc_id, chunk_id), doc_id, chunk_id, iteration, sample_idx"
-_UNBOUNDED = f"SELECT {_SAMPLE_COLUMNS} FROM estep_samples WHERE run_id = $1{{guard}} ORDER BY {_SAMPLE_ORDER} LIMIT $2"
-# What the page shows, by definition; run as is, its top-N sorts every row of the run on those five
-# keys, a string among them: at 10M rows 40% of the query's CPU (EXPLAIN ANALYZE: 1.0 of 2.6 s).
-ESTEP_SAMPLES_UNBOUNDED_SQL = _UNBOUNDED.format(guard="")
-# The same rows, cheaper for a large run (over 4 x $2 samples by its files' footer counts, no sample
-# read): a bound on the chunk hash that keeps about 3 x $2 rows cuts the run first, a comparison a
-# row, and the top-N sorts the ~0.5% left (a smaller run has no bound: the query as defined). Every
-# row the bound drops hashes above all it keeps, so when it keeps $2 or more, their first $2 are the
-# answer; when it keeps fewer (a run counted larger than it is) the unbounded query answers, guarded
-# so that it reads nothing otherwise (a cross product with an empty side ends at once).
-ESTEP_SAMPLES_SQL = f"""
-WITH bound AS (
-    SELECT CASE WHEN n > 4 * $2 THEN CAST(2::DOUBLE ^ 64 * 3 * $2 / n AS UBIGINT) END AS h
-    FROM (SELECT coalesce(sum(num_rows), 0) + (SELECT count(*) FROM estep_samples_legacy WHERE run_id = $1) AS n
-          FROM estep_files WHERE run_id = $1 AND part IS NOT NULL)),
-bounded AS MATERIALIZED (
-    SELECT {_SAMPLE_COLUMNS}
-    FROM (SELECT *, hash(doc_id, chunk_id) AS chunk_hash FROM estep_samples WHERE run_id = $1) s, bound
-    WHERE bound.h IS NULL OR s.chunk_hash < bound.h
-    ORDER BY chunk_hash, doc_id, chunk_id, iteration, sample_idx LIMIT $2),
-enough AS (SELECT count(*) = $2 OR (SELECT h IS NULL FROM bound) AS yes FROM bounded)
-SELECT * FROM (
-    SELECT * FROM bounded WHERE (SELECT yes FROM enough)
-    UNION ALL
-    ({_UNBOUNDED.format(guard=" AND NOT (SELECT yes FROM enough)")}))
-ORDER BY {_SAMPLE_ORDER}
+ESTEP_SAMPLES_SQL = """
+SELECT iteration, doc_id, chunk_id, sample_idx, thought_tokens, log_p_joint, log_q, log_w, selected
+FROM estep_samples WHERE run_id = ?
+ORDER BY hash(doc_id, chunk_id), doc_id, chunk_id, iteration, sample_idx LIMIT ?
+"""
+# The same rows for a run of many samples: a chunk's hash decides whether it can be among the first
+# `limit` at all, so the scan drops the others before decoding the rest of their columns
+# (load_estep_samples checks that enough are left, else runs ESTEP_SAMPLES_SQL).
+ESTEP_SAMPLES_HASHED_SQL = """
+SELECT iteration, doc_id, chunk_id, sample_idx, thought_tokens, log_p_joint, log_q, log_w, selected
+FROM estep_samples WHERE run_id = ? AND hash(doc_id, chunk_id) < ?
+ORDER BY hash(doc_id, chunk_id), doc_id, chunk_id, iteration, sample_idx LIMIT ?
 """
 DOC_IDS_SQL = """
 SELECT DISTINCT doc_id FROM estep_samples WHERE run_id = ? AND iteration = ? AND doc_id ILIKE ?

@@ -15,7 +15,8 @@ c1, c2 = st.columns([3, 1])
 run_id = c1.selectbox("Run", estep_runs["run_id"].tolist(), key="es_run")
 limit = c2.number_input("Samples read (at most)", 1_000, 2_000_000, 50_000, step=10_000, key="es_limit",
                         help="Large runs are cut to a pseudo-random set of chunks, the same in every iteration")
-samples = data.load_estep_samples(run_id, int(limit))
+n_samples = int(estep_runs.set_index("run_id").loc[run_id, "n_samples"])
+samples = data.load_estep_samples(run_id, int(limit), n_samples)
 iterations = sorted(samples["iteration"].unique().tolist())
 chosen = st.multiselect("Iterations", iterations, default=iterations, key="es_iters")
 samples = samples[samples["iteration"].isin(chosen)]

@@ -252,20 +252,18 @@ def test_the_pages_cheaper_estep_queries_return_the_full_ones_rows(tmp_path):
     db = build_synthetic_results(tmp_path / "r", settings=[{"estep.num_samples": 4, "estep.max_thought_tokens": 32, "data.raw_mix_ratio": 0.0}],
                                  seeds=(0,), docs=30, chunks=5, journal=False)
     run_id, n = data.run_query(db, data.ESTEP_RUNS_SQL).iloc[0][["run_id", "n_samples"]]
+    used = []
+
+    def query(sql, *params):
+        used.append(sql)
+        return data.run_query(db, sql, params)
+
     pd.testing.assert_frame_equal(data.run_query(db, data.ESTEP_RUNS_LISTED_SQL), data.run_query(db, data.ESTEP_RUNS_SQL))
-    # a run of more than 4 x the limit is cut by the hash bound, a smaller one is not; the same rows
-    # as the query as defined, in its order, either way
-    for limit in (10, 50, int(n) // 4, int(n), int(n) + 7):
-        want = data.run_query(db, data.ESTEP_SAMPLES_UNBOUNDED_SQL, (run_id, limit))
-        assert len(want) == min(limit, int(n))
-        pd.testing.assert_frame_equal(data.run_query(db, data.ESTEP_SAMPLES_SQL, (run_id, limit)), want)
-        pd.testing.assert_frame_equal(data.load_estep_samples(run_id, limit, lambda sql, *p: data.run_query(db, sql, p)),
-                                      want)
-    # a bound that keeps too few rows (the files counted far larger than they are): the unbounded
-    # query answers
-    want = data.run_query(db, data.ESTEP_SAMPLES_UNBOUNDED_SQL, (run_id, 50))
-    con = duckdb.connect(str(db))
-    con.execute("UPDATE estep_files SET num_rows = num_rows * 1000000")
-    con.close()
-    assert int(data.run_query(db, data.ESTEP_RUNS_LISTED_SQL)["n_samples"].iloc[0]) > 10**6 * int(n) / 2
-    pd.testing.assert_frame_equal(data.run_query(db, data.ESTEP_SAMPLES_SQL, (run_id, 50)), want)
+    want = data.run_query(db, data.ESTEP_SAMPLES_SQL, (run_id, 50))
+    assert data.hash_bound(int(n), 50) is not None and data.hash_bound(200, 50) is None
+    pd.testing.assert_frame_equal(data.load_estep_samples(run_id, 50, int(n), query), want)
+    assert used == [data.ESTEP_SAMPLES_HASHED_SQL]
+    # a bound that keeps too few rows (a run counted larger than it is): the full query answers
+    used.clear()
+    pd.testing.assert_frame_equal(data.load_estep_samples(run_id, 50, 10**12, query), want)
+    assert used == [data.ESTEP_SAMPLES_HASHED_SQL, data.ESTEP_SAMPLES_SQL]
