@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 export PYTHONUNBUFFERED = 1
 
-.PHONY: setup setup-vllm sweep test test-fast dashboard bench clean
+.PHONY: setup setup-vllm sweep test test-fast dashboard bench bench-scale clean
 
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
@@ -36,6 +36,10 @@ dashboard: setup
 
 bench: setup
 	$(PY) -m benchmarks.run
+
+# opt-in: the sweep driver at up to 4,800 array tasks (about 20 minutes on 2 cores; SLURM if sinfo answers)
+bench-scale: setup
+	$(PY) -m benchmarks.run --only scale_orchestrator
 
 clean:
 	rm -rf results .cache

@@ -9,7 +9,8 @@ its peak RSS, and attributes its CPU with per-call ``time.thread_time`` probes:
 
 - submit: ``Launcher.submit`` (pickling the jobs, forking local jobs, sbatch's Python side);
 - poll: ``Launcher.wait`` minus the job bodies it runs in-process (debug only);
-- ingest: the driver's ``ingest_runs``/``ingest_study`` calls (DuckDB, after every stage);
+- ingest: queueing the requests and the driver's ingester rounds (DuckDB: after every stage that
+  stage's rows, at a run's end the whole run, and the study);
 - other: the rest (Optuna, plans, ledger, completion markers, the live view).
 
 Driver cost = process CPU minus in-process job bodies (debug), plus the SLURM commands it runs
@@ -18,7 +19,8 @@ marginal cost of one more job) with the log-log exponent (1 is linear; above ``L
 counts as superlinear). Target: the driver's CPU per job under 1% of a 10-minute shard (6 s).
 Concurrency comes from the completion markers (each stage body's start and end) and is checked
 against the cap each launcher enforces: ``max_parallel_jobs`` machine-wide (local), per job array
-(SLURM's ``%N``), and the trials in flight on debug (its jobs run in the trial threads).
+(SLURM's ``%N``), and per driver on debug (its jobs run in the trial threads, a semaphore's
+slots each).
 
 Only stdlib imports at module level: the worker sets up the toy app's environment first.
 """
@@ -76,12 +78,14 @@ class Size:
 def plans(smoke: bool) -> dict[str, list[Size]]:
     """The series per launcher. Full: debug at 600 / 1,800 / 4,800 array tasks (1 / 3 / 8 trials x 3
     iterations x 200 shards, every trial in flight) and 1 trial at 1 / 2 / 4 iterations; local and
-    SLURM at 30 / 60 / 120 tasks (10-shard arrays: a local job is two Python processes on 2 cores)."""
+    SLURM at 30 / 60 / 120 tasks (10-shard arrays: a local job is two Python processes on 2 cores).
+    Debug's max_parallel_jobs is the trials in flight: each trial's jobs run in its own thread, and
+    the cap (one at a time by default) would otherwise serialize them."""
     if smoke:
-        return {"debug": [Size("debug", t, 1, 4, t, 1, 0.0) for t in (1, 2)]
+        return {"debug": [Size("debug", t, 1, 4, t, t, 0.0) for t in (1, 2)]
                 + [Size("debug", 1, i, 4, 1, 1, 0.0, axis="iterations") for i in (1, 2)],
                 "local": [Size("local", 1, 1, 2, 1, 2, 0.0)]}
-    return {"debug": [Size("debug", t, 3, 200, t, 1, 0.005, r) for t, r in ((1, 3), (3, 2), (8, 1))]
+    return {"debug": [Size("debug", t, 3, 200, t, t, 0.005, r) for t, r in ((1, 3), (3, 2), (8, 1))]
             + [Size("debug", 1, i, 200, 1, 1, 0.005, 3, "iterations") for i in (1, 2, 4)],
             "local": [Size("local", t, 3, 10, min(t, 2), 2, 0.2, r) for t, r in ((1, 2), (2, 2), (4, 1))],
             "slurm": [Size("slurm", t, 3, 10, min(t, 2), 1, 0.2, r) for t, r in ((1, 2), (2, 2), (4, 1))]}
@@ -209,6 +213,32 @@ def job_counts(results: Path) -> dict[str, Any]:
             "max_concurrency_per_array": max((max_overlap(ivs) for ivs in arrays.values()), default=0)}
 
 
+def round_cpu_s(results: Path, run_id: str, stage_key: Optional[str] = None) -> float:
+    """CPU of one ingest round that takes one request: the stage ``stage_key`` of run ``run_id``
+    (None: the whole run). Every thread's: DuckDB's own threads count too."""
+    from platform.ingest import drain
+    from platform.ingest_queue import request_run
+
+    request_run(results, run_id, stage_key)
+    c0 = time.process_time()
+    drain(results)
+    return time.process_time() - c0
+
+
+def uncoalesced_ingest(results: Path) -> dict[str, Any]:
+    """What ingesting the largest run costs when no two of its stages share a round, as with stages
+    minutes apart (here near-zero stages let many share one): a round per finished stage, each
+    taking that stage alone, and one round for the whole run at its end. Measured after the sweep."""
+    from platform.rundir import read_ledger
+
+    ledgers = {p.name: read_ledger(p) for p in (results / "runs").iterdir() if (p / "run.json").exists()}
+    run_id = max(ledgers, key=lambda r: len(ledgers[r]))
+    keys = list(dict.fromkeys(e["key"] for e in ledgers[run_id] if e.get("status") == "completed"))
+    stage_s = [round_cpu_s(results, run_id, key) for key in keys]
+    jobs = sum(len(str(e["job_id"]).split(",")) for e in ledgers[run_id] if e.get("status") == "submitted")
+    return {"stage_round_s": stage_s, "whole_run_round_s": round_cpu_s(results, run_id), "run_jobs": jobs}
+
+
 def worker(spec_path: str, out_path: str) -> None:
     """Run one sweep in this process and write what it cost to ``out_path`` (JSON)."""
     spec = json.loads(Path(spec_path).read_text())
@@ -227,6 +257,7 @@ def worker(spec_path: str, out_path: str) -> None:
            "rss_end_mb": rss_mb(), "peak_rss_mb": peak_rss_mb(),
            "trials_complete": sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)),
            "probe_cpu_s": probes.cpu, "probe_calls": probes.calls, **job_counts(Path(spec["results"]))}
+    out.update(uncoalesced_ingest(Path(spec["results"])))  # after the measured window
     Path(out_path).write_text(json.dumps(out))
 
 
@@ -256,7 +287,7 @@ def run_worker(size: Size, timeout_s: float) -> dict[str, Any]:
 def cap_of(size: Size) -> tuple[int, str]:
     """The concurrency the launcher promises to keep, and over what."""
     if size.launcher == "debug":
-        return size.parallel, "trials in flight (debug jobs run in the trial threads; max_parallel_jobs not applied)"
+        return size.max_parallel_jobs, "per driver (debug jobs run in the trial threads, max_parallel_jobs at a time)"
     if size.launcher == "slurm":
         return size.max_parallel_jobs, "per job array (sbatch --array %N)"
     return size.max_parallel_jobs, "machine-wide (flock slots)"
@@ -277,7 +308,10 @@ def per_job(raw: dict[str, Any], size: Size) -> dict[str, Any]:
            "driver_ms": 1e3 * driver / jobs, "job_body_ms": 1e3 * body / jobs,
            "children_ms": 1e3 * children / jobs, "poll_checks_per_job": checks / jobs,
            "poll_check_us": 1e6 * max(cpu.get("poll_check", 0.0) - update, 0.0) / checks if checks else None,
-           "sacct_calls": sacct, "sacct_driver_ms": 1e3 * update / sacct if sacct else None}
+           "sacct_calls": sacct, "sacct_driver_ms": 1e3 * update / sacct if sacct else None,
+           # a real sweep's ingest, a round per finished stage (uncoalesced_ingest), per job of the run
+           "ingest_uncoalesced_ms": 1e3 * (sum(raw["stage_round_s"]) + raw["whole_run_round_s"]) / max(raw["run_jobs"], 1),
+           "stage_round_ms": 1e3 * statistics.median(raw["stage_round_s"]) if raw["stage_round_s"] else None}
     return row
 
 
@@ -447,12 +481,15 @@ def projection_rows(costs: list[dict[str, Any]], runs: list[dict[str, Any]], sac
     if base is None:
         return []
     deep = deep or base
-    rows = [("bookkeeping: Optuna, plans, ledgers, markers, live view", base["other_ms"],
+    rows = [("bookkeeping: Optuna, plans, ledgers, markers, ingest queue, live view", base["other_ms"],
              f"measured: debug, {base['jobs']:,} jobs"),
             ("submit", submitter["submit_ms"], f"measured: {submitter['launcher']}, {submitter['jobs']:,} jobs "
              f"({submitter['shards']}-task arrays; sbatch's own CPU, one call per array, left out)"),
-            ("ingest after every stage", deep["ingest_ms"], f"measured: debug, {deep['trials']} trial(s) x "
-             f"{deep['iterations']} iterations x {deep['shards']} shards")]
+            ("ingest, one round per finished stage", max(deep["ingest_ms"], deep["ingest_uncoalesced_ms"]),
+             f"debug, {deep['trials']} trial(s) x {deep['iterations']} iterations x {deep['shards']} shards: "
+             f"{deep['ingest_uncoalesced_ms']:.1f} ms = a round per stage taking that stage alone (median "
+             f"{deep['stage_round_ms']:.0f} ms) and one for the whole run at its end, measured after the sweep, "
+             f"/ its jobs; {deep['ingest_ms']:.1f} ms measured with rounds shared by near-zero stages")]
     if poller and poller.get("poll_check_us") is not None:
         rows += _poll_parts(poller, paper, sacct_s)
     out = [{"part": p, "ms_per_shard_job": ms, "how": how} for p, ms, how in rows]
@@ -482,7 +519,8 @@ NOTES = [
     "driver = the sweep process's CPU (every thread) minus the job bodies it runs in-process (debug), plus the "
     "SLURM commands it runs (slurm: sbatch, sacct); local jobs are child processes and are not the driver's "
     "(children_ms in cost_per_job: their Python start, imports and body)",
-    "poll = Launcher.wait minus in-process job bodies; ingest = the DuckDB ingest the driver runs after every stage; "
+    "poll = Launcher.wait minus in-process job bodies; ingest = the DuckDB ingest the driver runs (each finished "
+    "stage's rows, the whole run at its end; rounds shared when stages finish close together); "
     "other = Optuna, plans, ledgers, markers, the live view",
     f"slopes: least-squares cost = intercept + marginal * jobs; the log-log exponent says how cost grows "
     f"(1 = linear, <= {LINEAR_TOLERANCE} counted as linear or better on this shared machine)",

@@ -1,8 +1,9 @@
 """Submit stages as jobs, wait for them, cancel them: the submitit mechanics behind
 ``launchers.interface.Launcher``, the orchestrator's whole view of launching.
 
-One stage is one job; a sharded stage's shards are one job array (a SLURM array whose parallelism
-is ``max_parallel_jobs``). ``depends_on`` becomes ``afterok`` on SLURM; the local and debug
+One stage is one job; a sharded stage's shards are one job array. ``max_parallel_jobs`` caps the
+jobs running at once: a SLURM array's parallelism, the local launcher's machine-wide slots, and
+the debug jobs that the driver's trial threads run at a time. ``depends_on`` becomes ``afterok`` on SLURM; the local and debug
 launchers ignore it because the orchestrator only submits a stage once its inputs are done.
 """
 
@@ -68,8 +69,9 @@ def submit_stage(
     cfg = validate_launcher(launcher_cfg)
     executor = build_executor(cfg, Path(log_dir), getattr(stage, "profile", "default"))
     slots = None
-    if cfg["name"] == "local":
+    if cfg["name"] in ("local", "debug"):  # SLURM caps its arrays itself (--array %N)
         slots = (str(Path(results).resolve() / SLOT_DIR), int(cfg["max_parallel_jobs"]))
+    in_process = cfg["name"] == "debug"
     if cfg["name"] == "slurm":
         params: dict[str, Any] = {"job_name": slurm_job_name(getattr(stage, "display", "stage"))}
         if depends_on:
@@ -80,10 +82,10 @@ def submit_stage(
             params["additional_parameters"] = extra
         executor.update_parameters(**params)
     if shard_indices is None:
-        return [executor.submit(StageJob(stage, results, None, slots))]
+        return [executor.submit(StageJob(stage, results, None, slots, in_process))]
     if not shard_indices:
         raise ValueError(f"submit_stage({getattr(stage, 'display', stage)}): shard_indices is empty")
-    return executor.submit_array([StageJob(stage, results, int(i), slots) for i in shard_indices])
+    return executor.submit_array([StageJob(stage, results, int(i), slots, in_process) for i in shard_indices])
 
 
 def attach_jobs(launcher_cfg: Mapping[str, Any], log_dir: Path, job_ids: Sequence[str]) -> list[submitit.Job]:

@@ -15,7 +15,9 @@ import importlib
 import json
 import os
 import sys
+import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -97,19 +99,44 @@ class _Slot:
             self._fh = None
 
 
+_THREAD_SLOTS: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+_THREAD_SLOTS_LOCK = threading.Lock()
+
+
+def _thread_slots(slot_dir: str, n: int) -> threading.BoundedSemaphore:
+    """The ``n`` run slots of the debug jobs of one results folder, in this process.
+
+    Debug jobs run in the driver, in whichever thread waits for them (one per trial in flight), so
+    a semaphore shared by those threads caps them; a waiting job starts the moment a slot frees,
+    where the local launcher's flock slots poll (0.2 s a wait, next to a toy stage's milliseconds).
+    """
+    with _THREAD_SLOTS_LOCK:
+        return _THREAD_SLOTS.setdefault((slot_dir, int(n)), threading.BoundedSemaphore(int(n)))
+
+
 class StageJob(Checkpointable):
     """Runs ``platform.stage.run_stage(stage, results, shard_index)`` in the job.
 
-    ``slots``: ``(folder, n)`` to cap concurrent local jobs (see :class:`_Slot`); None elsewhere.
+    ``slots``: ``(folder, n)`` to cap concurrent jobs at ``launcher.max_parallel_jobs``: flock slots
+    machine-wide for local jobs (see :class:`_Slot`), or with ``in_process`` (debug jobs, run in the
+    driver's threads) a semaphore of this process; None (SLURM caps its arrays itself).
     """
 
     def __init__(self, stage: Any, results: str | Path, shard_index: Optional[int] = None,
-                 slots: Optional[tuple[str, int]] = None):
+                 slots: Optional[tuple[str, int]] = None, in_process: bool = False):
         self.stage = stage
         # jobs may start in another folder than the driver: keep the results path absolute
         self.results = str(Path(results).resolve())
         self.shard_index = shard_index
         self.slots = slots
+        self.in_process = in_process
+
+    def _slot(self) -> Any:
+        if self.slots is None:
+            return nullcontext()
+        if self.in_process:
+            return _thread_slots(*self.slots)
+        return _Slot(Path(self.slots[0]), self.slots[1])
 
     def __call__(self) -> dict[str, Any]:
         ensure_repo_platform()
@@ -118,9 +145,7 @@ class StageJob(Checkpointable):
         rank, _ = _task_rank()
         if rank != 0:
             return self._run_follower(rank)
-        if self.slots is None:
-            return run_stage(self.stage, self.results, self.shard_index)
-        with _Slot(Path(self.slots[0]), self.slots[1]):
+        with self._slot():
             return run_stage(self.stage, self.results, self.shard_index)
 
     def _run_follower(self, rank: int) -> dict[str, Any]:
@@ -146,7 +171,7 @@ class StageJob(Checkpointable):
         for hook in list(_CHECKPOINT_HOOKS):
             hook()
         self._log_requeue()
-        return DelayedSubmission(StageJob(self.stage, self.results, self.shard_index, self.slots))
+        return DelayedSubmission(StageJob(self.stage, self.results, self.shard_index, self.slots, self.in_process))
 
     def _log_requeue(self) -> None:
         # one line per interruption, beside the stage's outputs: the ingester and the tests see

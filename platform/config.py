@@ -85,7 +85,7 @@ class ResourceProfile:
 @dataclass
 class LauncherConfig:
     name: str = "local"  # debug | local | slurm
-    max_parallel_jobs: int = 2  # local: concurrent subprocesses; slurm: array parallelism limit
+    max_parallel_jobs: int = 2  # jobs at once: local subprocesses, debug in-driver jobs, a slurm array's limit
     partition: Optional[str] = None
     account: Optional[str] = None
     qos: Optional[str] = None

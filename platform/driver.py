@@ -159,9 +159,10 @@ def _open_sweep_study(cfg: Any, results: Path, name: str) -> optuna.Study:
 
 
 def _orchestrator(app: App, cfg: Any, results: Path, progress: Progress) -> Orchestrator:
-    """One orchestrator for every trial and reference; each finished stage is ingested at once."""
-
-    return Orchestrator(to_dict(cfg.launcher), results, progress, lambda run_id: request_run(results, run_id),
+    """One orchestrator for every trial and reference; each finished stage is queued for ingest at
+    once (that stage's rows; the whole run when it ends)."""
+    return Orchestrator(to_dict(cfg.launcher), results, progress,
+                        lambda run_id, stage_key=None: request_run(results, run_id, stage_key),
                         compute_buckets=app.compute_buckets, total_buckets=app.total_buckets)
 
 

@@ -1,7 +1,9 @@
 """Load run folders and Optuna studies into DuckDB, idempotently.
 
-Each run is replaced as a whole (delete its rows, insert what its folder says now), so ingesting
-twice adds no row and a re-ingest after a crash repairs a partial one. E-step sample rows are not
+A run is replaced as a whole (delete its rows, insert what its folder says now), or one stage of
+it with the run row (what a driver asks as each stage finishes: the cost is the stage's, not the
+run's), each in one transaction, so ingesting twice adds no row and a crash leaves no partial one.
+Both write the same rows for a stage (tests/platform/test_ingest.py). E-step sample rows are not
 copied: their Parquet files are listed in ``estep_files`` and read through the ``estep_samples``
 view (platform/samples.py).
 
@@ -21,6 +23,7 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -33,7 +36,8 @@ from platform.rundir import read_ledger
 from platform.stage import MARKER
 from platform.store import transaction, writer, writer_lock, writing
 
-RUN_TABLES = ("runs", "stages", "shards", "metrics", "estep_files")
+# a run's rows besides its ``runs`` row; each names the cache key of the stage it came from
+STAGE_TABLES = ("stages", "shards", "metrics", "estep_files")
 # what of a stage's compute it did now and what it reused (the E-step's sample store); NULL where a
 # summary has none
 REUSE_FIELDS = ("tokens_generated", "tokens_reused", "samples_drawn", "samples_reused", "flops_computed")
@@ -73,21 +77,59 @@ def _model_of(results: Path, entry: dict[str, Any], record: dict[str, Any]) -> t
     return key, f"{folder}/model" if (results / folder / "model").is_dir() else folder
 
 
-def _ingest_run(con: duckdb.DuckDBPyConnection, run_path: Path) -> int:
+@lru_cache(maxsize=256)
+def _config_json(path: str, mtime_ns: int, size: int) -> str:
+    """A run's config.yaml as JSON, parsed once per version of the file: every stage's ingest
+    rewrites the run row, and parsing the YAML (about 20 ms) would be most of a small stage's cost."""
+    config = Path(path).read_text()
+    return json.dumps(yaml.safe_load(config) if config else None)
+
+
+def _run_config(run_path: Path) -> str:
+    path = run_path / "config.yaml"
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return json.dumps(None)
+    return _config_json(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def _replace_run_row(con: duckdb.DuckDBPyConnection, run_path: Path) -> str:
+    """The run's ``runs`` row as run.json (status, times, error) says now; returns its run id."""
     meta = json.loads((run_path / "run.json").read_text())
     run_id = meta["run_id"]
-    for table in RUN_TABLES:
-        con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+    con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
     git = json.loads((run_path / "git.json").read_text()) if (run_path / "git.json").exists() else {}
-    config = (run_path / "config.yaml").read_text() if (run_path / "config.yaml").exists() else None
     con.execute(
         "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [run_id, meta.get("experiment"), meta.get("kind"), meta.get("study"), meta.get("trial"), meta.get("seed"),
-         json.dumps(meta.get("params", {})), json.dumps(yaml.safe_load(config) if config else None),
+         json.dumps(meta.get("params", {})), _run_config(run_path),
          git.get("commit"), git.get("dirty"), meta.get("status"), meta.get("error"), str(run_path),
          _ts(meta.get("started_at")), _ts(meta.get("ended_at"))],
     )
+    return run_id
+
+
+def _has_unkeyed_metrics(con: duckdb.DuckDBPyConnection, run_id: str) -> bool:
+    """Metric rows of this run ingested before ``metrics.cache_key`` existed: a stage's ingest
+    cannot tell whose they are, so the run is ingested whole (which replaces them)."""
+    return con.execute("SELECT count(*) FROM metrics WHERE run_id = ? AND cache_key IS NULL", [run_id]).fetchone()[0] > 0
+
+
+def _ingest_run(con: duckdb.DuckDBPyConnection, run_path: Path, stage_key: Optional[str] = None) -> int:
+    """Replace the run's rows (``stage_key`` None), or only those of the stage with that cache key,
+    with what the run's folder says now; the run row either way. A stage's rows depend only on
+    the ledger events of its own key, so a stage's ingest writes exactly the rows the whole run's
+    ingest would write for it: its cost is the stage's, not the run's."""
+    run_id = _replace_run_row(con, run_path)
+    if stage_key is not None and _has_unkeyed_metrics(con, run_id):
+        stage_key = None
+    where, params = ("run_id = ?", [run_id]) if stage_key is None else ("run_id = ? AND cache_key = ?", [run_id, stage_key])
+    for table in STAGE_TABLES:
+        con.execute(f"DELETE FROM {table} WHERE {where}", params)
     ledger = read_ledger(run_path)
+    if stage_key is not None:
+        ledger = [entry for entry in ledger if entry.get("key") == stage_key]
     submitted: dict[str, set[str]] = {}  # per stage key, the job ids this run submitted
     for entry in ledger:
         if entry.get("status") == "submitted" and entry.get("job_id"):
@@ -171,6 +213,16 @@ def ingest_runs(results: str | Path, run_ids: Optional[Iterable[str]] = None) ->
         return sum(_ingest_run(con, p) for p in paths)
 
 
+def ingest_run(results: str | Path, run_id: str, stage_key: Optional[str] = None) -> int:
+    """Ingest one run now (no queue): the whole of it, or with ``stage_key`` only that stage's rows
+    and the run row (what a driver's orchestrator asks after each stage)."""
+    path = Path(results) / "runs" / run_id
+    if not (path / "run.json").exists():
+        return 0
+    with writer(results) as con:
+        return _ingest_run(con, path, stage_key)
+
+
 def _spend_columns(attrs: dict[str, Any]) -> dict[str, Any]:
     """What the study's drivers computed (platform/budget.py) and why the budget stopped it, if it did."""
     spend = attrs.get("spend") or {}
@@ -238,10 +290,10 @@ def _open_study(record: dict[str, Any], studies: dict[str, Any]) -> Any:
 
 
 def _ingest_request(con: duckdb.DuckDBPyConnection, results: Path, request: Request, studies: dict[str, Any]) -> None:
-    if request.kind == "run":
+    if request.kind in ("run", "stage"):
         run_path = results / "runs" / request.name
         if (run_path / "run.json").exists():
-            _ingest_run(con, run_path)
+            _ingest_run(con, run_path, request.key)
         return
     record = study_record(request)
     _ingest_study(con, _open_study(record, studies), record["experiment"], record["storage"])
@@ -259,9 +311,13 @@ def _warn_once(text: str) -> None:
 def _ingest_requests(results: Path, requests: list[Request], studies: dict[str, Any]) -> list[Request]:
     """Each request in its own transaction on one connection; the ones that went in. One that
     fails (a ledger line half written, a study's storage unreachable) waits for the next round."""
-    ok = []
+    ok: list[Request] = []
+    whole: set[str] = set()  # runs ingested whole this round
     with writing(results) as con:
-        for request in requests:
+        for request in requests:  # whole runs first (claim's order)
+            if request.kind == "stage" and request.name in whole:
+                ok.append(request)  # asked before the claim, so the whole run's ingest read it
+                continue
             try:
                 with transaction(con):
                     _ingest_request(con, results, request, studies)
@@ -269,6 +325,8 @@ def _ingest_requests(results: Path, requests: list[Request], studies: dict[str, 
                 _warn_once(f"{request.kind} {request.name}: not ingested yet ({type(exc).__name__}: {exc}); retrying")
             else:
                 ok.append(request)
+                if request.kind == "run":
+                    whole.add(request.name)
     return ok
 
 

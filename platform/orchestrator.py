@@ -1,4 +1,4 @@
-"""Walk a trial's plan: submit each unfinished stage through the launcher, wait, record, ingest.
+"""Walk a trial's plan: submit each unfinished stage through the launcher, wait, record, ingest it.
 
 Only this module submits jobs, through the one interface of ``launchers``: the ``Launcher`` that
 ``build_launcher`` makes of the launcher config (submit, wait, cancel, reattach). Stages shared
@@ -115,7 +115,7 @@ class Orchestrator:
     """
 
     def __init__(self, launcher_cfg: dict[str, Any], results: Path, progress: Optional[Progress] = None,
-                 ingest: Optional[Callable[[str], None]] = None,
+                 ingest: Optional[Callable[[str, Optional[str]], None]] = None,
                  compute_buckets: Optional[Mapping[str, str]] = None, total_buckets: Sequence[str] = ()):
         from launchers import build_launcher
 
@@ -127,7 +127,8 @@ class Orchestrator:
         self.stop_reason: Optional[str] = None
         _note_earlier_scheme(self.results)
         self.progress = progress or Progress()
-        self.ingest = ingest or (lambda run_id: None)
+        # ingest(run_id, stage_key): after each stage, that stage's rows; stage_key None: the whole run
+        self.ingest = ingest or (lambda run_id, stage_key=None: None)
         self.compute_buckets = dict(compute_buckets or {})
         self.total_buckets = tuple(total_buckets)
         self.active_jobs: dict[str, list[Any]] = {}
@@ -226,7 +227,7 @@ class Orchestrator:
                 if bucket:
                     totals[bucket] += float(summary.get("flops") or 0.0)
                 totals["wall_s"] += float(record.get("wall_s") or 0.0)
-                self.ingest(run.run_id)
+                self.ingest(run.run_id, stage.key)  # this stage only: the cost stays the stage's
                 if stage.key in reports:
                     final = read_stage_metrics(stage, self.results)
                     if report is not None:

@@ -83,7 +83,7 @@ def commit_warning(folder: Path) -> Optional[str]:
 
 
 def rerun_main(rerun: Rerun) -> int:
-    from platform.ingest import ingest_runs
+    from platform.ingest import ingest_run
     from platform.orchestrator import Orchestrator
     from platform.trial import run_trial
 
@@ -102,7 +102,7 @@ def rerun_main(rerun: Rerun) -> int:
             raise ConfigError([str(exc)]) from None
         meta["forced"] = rerun.force
     results = Path(spec.cfg.paths.results)
-    orch = Orchestrator(to_dict(spec.cfg.launcher), results, ingest=lambda rid: ingest_runs(results, [rid]),
+    orch = Orchestrator(to_dict(spec.cfg.launcher), results, ingest=lambda rid, key=None: ingest_run(results, rid, key),
                         compute_buckets=app.compute_buckets, total_buckets=app.total_buckets)
     run_id, metrics = run_trial(spec, orch, plan=plan, meta=meta)
     print(json.dumps({"run_id": run_id, "rerun_of": folder.name, **metrics}, indent=1))

@@ -15,7 +15,7 @@ from pathlib import Path
 from platform.app import load_app
 from platform.cli import guarded, main_guard, restore_default_sigint
 from platform.compose import Composed, to_dict
-from platform.ingest import ingest_runs
+from platform.ingest import ingest_run
 from platform.orchestrator import Orchestrator
 from platform.plan import describe
 from platform.trial import apply_params, run_id_for, run_trial
@@ -29,7 +29,7 @@ def run(composed: Composed) -> int:
         print(f"run {run_id_for(spec)}")
         print(describe(app.build_plan(spec.cfg), results))
         return 0
-    orch = Orchestrator(to_dict(spec.cfg.launcher), results, ingest=lambda rid: ingest_runs(results, [rid]),
+    orch = Orchestrator(to_dict(spec.cfg.launcher), results, ingest=lambda rid, key=None: ingest_run(results, rid, key),
                         compute_buckets=app.compute_buckets, total_buckets=app.total_buckets)
     run_id, metrics = run_trial(spec, orch)
     print(json.dumps({"run_id": run_id, **metrics}, indent=1))

@@ -124,6 +124,8 @@ def register(con: duckdb.DuckDBPyConnection, results: str | Path, art: Path, row
 
     base, art = Path(results).resolve(), art.resolve()
     rel_art, files = Path(_relative(art, base)), stage_files(art)
+    if not files:  # most stages have no samples: spare them the catalog lookup below (a few ms)
+        return 0
     if _kind(con, SEEN, temp=True) is None:
         remember(con)
     seen = {r[0]: r[1:] for r in con.execute(

@@ -52,6 +52,7 @@ def test_cost_parts_add_up_to_the_driver(scale_report):
         assert sum(c[p] for p in PARTS) + extra == pytest.approx(c["driver_ms"])
         assert (c["job_body_ms"] > 0) == (c["launcher"] == "debug"), "only debug runs job bodies in the driver"
         assert (c["poll_checks_per_job"] > 0) == (c["launcher"] != "debug")
+        assert c["ingest_uncoalesced_ms"] > 0 and c["stage_round_ms"] > 0  # a round per stage, after the sweep
 
 
 def test_slopes_target_and_projection_rows(scale_report):
@@ -69,6 +70,9 @@ def test_slopes_target_and_projection_rows(scale_report):
     proj = [p for p in tables["paper_projection"] if "ms_per_shard_job" in p]
     assert proj[-1]["part"] == "total"
     assert proj[-1]["ms_per_shard_job"] == pytest.approx(sum(p["ms_per_shard_job"] for p in proj[:-1]))
+    ingest = next(p for p in proj if p["part"] == "ingest, one round per finished stage")
+    deep = max((c for c in tables["cost_per_job"] if c["axis"] == "iterations"), key=lambda c: c["iterations"])
+    assert ingest["ms_per_shard_job"] == pytest.approx(max(deep["ingest_ms"], deep["ingest_uncoalesced_ms"]))
     assert sum(h["measure"].startswith("Driver CPU per job") for h in rep["headline"]) == len(tables["target"])
 
 

@@ -22,6 +22,15 @@ def _stage(fn: str, config: dict, num_shards: int = 1, **kw) -> Stage:
     return Stage(name="toy", fn=f"{TOY}:{fn}", params=config, num_shards=num_shards, **kw)
 
 
+def _peak(records: list[dict]) -> int:
+    events = sorted([(r["started_at"], 1) for r in records] + [(r["ended_at"], -1) for r in records])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
 @pytest.mark.parametrize("launcher", ["debug", "local"])
 def test_shard_array_runs_every_shard_with_our_platform_package(tmp_path, launcher):
     stage = _stage("echo", {"value": 7, "launcher": launcher}, num_shards=4)
@@ -83,13 +92,7 @@ def test_local_parallelism_is_capped_by_max_parallel_jobs(tmp_path):
     stage = _stage("sleep", {"seconds": 1.0}, num_shards=4)
     cfg = {"name": "local", "max_parallel_jobs": 2}
     jobs = submit_stage(stage, tmp_path / "r", cfg, tmp_path / "logs", shard_indices=[0, 1, 2, 3])
-    recs = [r["summary"] for r in wait_jobs(jobs, poll_s=0.05)]
-    events = sorted([(r["started_at"], 1) for r in recs] + [(r["ended_at"], -1) for r in recs])
-    running, peak = 0, 0
-    for _, delta in events:
-        running += delta
-        peak = max(peak, running)
-    assert peak == 2
+    assert _peak([r["summary"] for r in wait_jobs(jobs, poll_s=0.05)]) == 2
 
 
 def test_cancel_stops_a_running_local_job(tmp_path):
@@ -139,3 +142,26 @@ def test_local_two_task_job_forms_one_gloo_group(tmp_path):
     assert rec["summary"] == {"rank": 0, "world_size": 2, "sum": 3.0}
     out = stage.out_dir(tmp_path / "r")
     assert (out / "rank0").exists() and (out / "rank1").exists() and (out / MARKER).exists()
+
+
+@pytest.mark.parametrize("cap", [2, 6])
+def test_debug_jobs_of_concurrent_trials_are_capped_by_max_parallel_jobs(tmp_path, cap):
+    """Debug jobs run in whichever driver thread waits for them (one per trial in flight): six
+    threads each waiting on its own stage's job run at most ``cap`` of them at once."""
+    import threading
+
+    cfg = {"name": "debug", "max_parallel_jobs": cap}
+    records: list[dict] = []
+
+    def trial(i: int) -> None:
+        stage = _stage("sleep", {"seconds": 0.3, "trial": i})
+        jobs = submit_stage(stage, tmp_path / "r", cfg, tmp_path / "logs" / str(i))
+        records.extend(r["summary"] for r in wait_jobs(jobs, poll_s=0.01))
+
+    threads = [threading.Thread(target=trial, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(records) == 6
+    assert _peak(records) == cap  # 6: uncapped, as every trial thread runs its job at once
