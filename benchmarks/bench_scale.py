@@ -39,6 +39,11 @@ QUERY_TARGET_S = 1.0
 RUN_ID = "scale-000"
 TEXT_COLUMNS = ("thought", "chunk_text")
 PAGE_SAMPLES = "estep_samples (E-step page: load_estep_samples)"
+# Single-statement forms the pages do not issue for a run this large (they issue the rows named after
+# the pages): timed beside them for reference, against the copy-in-DuckDB design too, without a target.
+ONE_QUERY_RUNS = "estep_runs, one query (ESTEP_RUNS_SQL; the pages read the file list)"
+ONE_QUERY_SAMPLES = "estep_samples, one query (ESTEP_SAMPLES_SQL; the page's fallback, for runs of <= 4 x its limit)"
+NOT_ISSUED_AT_SCALE = (ONE_QUERY_RUNS, ONE_QUERY_SAMPLES)
 # Today's table (platform/schema.sql before the view), for the copy the ingester used to make.
 COPY_DDL = """
 DROP VIEW IF EXISTS estep_samples; DROP TABLE estep_files; DROP TABLE estep_samples_legacy;
@@ -79,9 +84,9 @@ def _queries(n_rows: int) -> dict[str, tuple[str, list]]:
 
     doc = f"train-{n_rows // K // 3 // 2:08d}"
     return {
-        "estep_runs, one query (ESTEP_RUNS_SQL)": (data.ESTEP_RUNS_SQL, []),
+        ONE_QUERY_RUNS: (data.ESTEP_RUNS_SQL, []),
         "estep_runs (both pages: the file list, ESTEP_RUNS_LISTED_SQL)": (data.ESTEP_RUNS_LISTED_SQL, []),
-        "estep_samples, one query (ESTEP_SAMPLES_SQL)": (data.ESTEP_SAMPLES_SQL, [RUN_ID, 50_000]),
+        ONE_QUERY_SAMPLES: (data.ESTEP_SAMPLES_SQL, [RUN_ID, 50_000]),
         PAGE_SAMPLES: (data.ESTEP_SAMPLES_HASHED_SQL, [RUN_ID, data.hash_bound(n_rows, 50_000) or 2**64 - 1, 50_000]),
         "estep_metrics (E-step page)": (data.ESTEP_METRICS_SQL, [RUN_ID]),
         "shards (E-step page)": (data.SHARDS_SQL, [RUN_ID]),
@@ -250,9 +255,10 @@ def _rows(m: dict[str, Any]) -> tuple[dict, list[dict], dict]:
     queries = []
     for name, v in m["view"].items():
         c = m.get("copy", {}).get(name, {})
+        target = None if name in NOT_ISSUED_AT_SCALE else QUERY_TARGET_S
         queries.append({"rows": m["rows"], "query": name, "view_s": v["s"], "copy_s": c.get("s"),  # None: no list
-                        "result_rows": v["rows"], "reads_text": "yes" if v["reads_text"] else "no", "target_s": QUERY_TARGET_S,
-                        "target_met": v["s"] <= QUERY_TARGET_S})
+                        "result_rows": v["rows"], "reads_text": "yes" if v["reads_text"] else "no", "target_s": target,
+                        "target_met": None if target is None else v["s"] <= target})
     disk = {"rows": m["rows"], "parquet_mb": m["parquet_mb"], "view_store_mb": m["view_db_mb"],
             "copy_store_mb": m.get("copy_db_mb"), "copy_rows_s": m.get("copy_s"), "write_files_s": m["write_s"]}
     return reg, queries, disk
@@ -272,7 +278,7 @@ def run(smoke: bool, sizes: tuple[int, ...] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
         tables["many_registrations"] = [many_registrations(Path(tmp), 20 if smoke else 300, repeat)]
     top = max(sizes)
-    at_top = [q for q in tables["queries"] if q["rows"] == top]
+    at_top = [q for q in tables["queries"] if q["rows"] == top and q["target_s"] is not None]
     summary = {"register_max_s": max(max(r["register_s"], r["register_second_iteration_s"], r["register_tenth_iteration_s"])
                                       for r in tables["register"]),
                "register_target_met": all(r["target_met"] for r in tables["register"]),
