@@ -1,8 +1,9 @@
 """Reference runs of a sweep: other experiments the study's trials are compared with.
 
 ``sweep.references`` lists override lists, e.g. ``[experiment=synthetic_thoughts]``. Each is composed
-like a command line: the sweep's own overrides (without ``experiment=`` and ``sweep.*``), then the
-reference's. The driver runs them one at a time beside the trials, on the same orchestrator and
+like a command line: the reference's overrides, then the sweep's own (without ``experiment=`` and
+``sweep.*``), so what the user typed wins: ``mstep.epochs=2`` shrinks the references with the trials
+even where an entry sets ``mstep.epochs`` itself. The driver runs them one at a time beside the trials, on the same orchestrator and
 stage cache, and records
 them under the study's name with no trial number, so the store, the dashboard and the summary hold
 the trials and what they are measured against side by side. A reference is a run like any other:
@@ -35,7 +36,7 @@ def reference_specs(composed: Composed, study: str, rules: tuple = ()) -> list[t
 
     out = []
     for i, extra in enumerate(composed.cfg.sweep.references or []):
-        argv = [*_inherited(composed.overrides), *extra]
+        argv = [*extra, *_inherited(composed.overrides)]
         try:
             ref = compose_config(argv, rules=rules)
         except ConfigError as exc:
