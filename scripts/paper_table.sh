@@ -2,7 +2,7 @@
 # The README's results table: raw-token-match, raw-FLOP-match, synthetic thoughts, the bootstrap
 # warm start and bootstrap iterations 1-3 for K in {1, 4}, 3 seeds each, on the embedded default.
 # Each group is an Optuna grid sweep of the platform itself, so the runs land in one DuckDB.
-#   bash scripts/paper_table.sh [RESULTS_DIR]        (default results/paper_table; about an hour on 2 cores)
+#   bash scripts/paper_table.sh [RESULTS_DIR]        (default results/paper_table; about 3 hours on 2 quiet cores, 5 shared)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-results/paper_table}
