@@ -3,10 +3,10 @@
 ``sweep.references`` lists override lists, e.g. ``[experiment=synthetic_thoughts]``. Each is composed
 like a command line: the reference's overrides, then the sweep's own (without ``experiment=`` and
 ``sweep.*``), so what the user typed wins: ``mstep.epochs=2`` shrinks the references with the trials
-even where an entry sets ``mstep.epochs`` itself. The driver runs them one at a time beside the trials, on the same orchestrator and
-stage cache, and records
-them under the study's name with no trial number, so the store, the dashboard and the summary hold
-the trials and what they are measured against side by side. A reference is a run like any other:
+even where an entry sets ``mstep.epochs`` itself. The driver runs them one at a time beside the
+trials, on the same orchestrator and stage cache, and records them under the study's name with no
+trial number, so the store, the dashboard and the summary hold the trials and what they are
+measured against side by side. A reference is a run like any other:
 a rerun of the sweep finds it finished in the cache.
 """
 
