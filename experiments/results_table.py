@@ -31,9 +31,7 @@ def _label(row) -> Optional[str]:
                 "compute_match": "raw, compute-match"}.get(row.baseline, "raw")
     if row.kind == "synthetic":
         return "synthetic thoughts"
-    if row.iteration == 0:
-        return "bootstrap warm start (iter 0)"
-    return f"bootstrap K={row.k}, iter {row.iteration}"
+    return _boot(row.k, row.iteration)
 
 
 def _mean_se(values) -> tuple[Optional[float], Optional[float]]:
@@ -104,17 +102,20 @@ def correctness_table(results: str) -> str:
     return "\n".join(lines)
 
 
-def _comparisons(labels: set[str]) -> list[tuple[str, str]]:
+def _boot(k: int, it: int) -> str:
+    return "bootstrap warm start (iter 0)" if it == 0 else f"bootstrap K={k}, iter {it}"
+
+
+def _comparisons(df) -> list[tuple[str, str]]:
     """(a, b) row pairs whose difference a - b the paper's orderings are about."""
-    pairs = [("synthetic thoughts", other) for other in ("raw, token-match", "raw, FLOP-match") if other in labels]
-    boot = sorted({(int(l.split("K=")[1].split(",")[0]), int(l.rsplit(" ", 1)[1])) for l in labels if "K=" in l})
-    for k, it in boot:
-        before = "bootstrap warm start (iter 0)" if it == 1 else f"bootstrap K={k}, iter {it - 1}"
-        pairs.append((f"bootstrap K={k}, iter {it}", before))
-    ks = sorted({k for k, _ in boot})
+    labels = set(df.label)
+    pairs = [("synthetic thoughts", other) for other in ("raw, token-match", "raw, FLOP-match")]
+    boot = df[(df.kind == "bootstrap") & (df.iteration > 0)]
+    steps = sorted({(int(k), int(it)) for k, it in zip(boot.k, boot.iteration)})
+    pairs += [(_boot(k, it), _boot(k, it - 1)) for k, it in steps]
+    ks = sorted({k for k, _ in steps})
     if len(ks) > 1:
-        iters = sorted({it for k, it in boot if k == ks[0]} & {it for k, it in boot if k == ks[-1]})
-        pairs += [(f"bootstrap K={ks[-1]}, iter {it}", f"bootstrap K={ks[0]}, iter {it}") for it in iters]
+        pairs += [(_boot(ks[-1], it), _boot(ks[0], it)) for it in sorted({it for _, it in steps})]
     return [(a, b) for a, b in pairs if a in labels and b in labels]
 
 
@@ -126,7 +127,7 @@ def comparisons_table(results: str, metric: str = "accuracy") -> str:
     if df.empty:
         return "(no completed runs)"
     lines = [f"| {metric}: a - b | difference | SE of the difference | difference / SE |", "|---|---|---|---|"]
-    for a, b in _comparisons(set(df.label)):
+    for a, b in _comparisons(df):
         (ma, sa), (mb, sb) = _mean_se(df[df.label == a][metric].tolist()), _mean_se(df[df.label == b][metric].tolist())
         if ma is None or mb is None:
             continue
