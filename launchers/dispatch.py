@@ -3,8 +3,9 @@
 
 One stage is one job; a sharded stage's shards are one job array. ``max_parallel_jobs`` caps the
 jobs running at once: a SLURM array's parallelism, the local launcher's machine-wide slots, and
-the debug jobs that the driver's trial threads run at a time. ``depends_on`` becomes ``afterok`` on SLURM; the local and debug
-launchers ignore it because the orchestrator only submits a stage once its inputs are done.
+the debug jobs that the driver's trial threads run at a time. ``depends_on`` becomes ``afterok``
+on SLURM; the local and debug launchers ignore it because the orchestrator only submits a stage
+once its inputs are done.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ finished stage of a run, and the run row), ``run.<run id>`` (empty: the whole ru
 ``study.<name>.json`` (what is needed to open the study). Asking again for something already
 queued rewrites the same file, so requests coalesce. A driver asks for each stage as it finishes,
 so what one request costs to ingest does not grow with the run's length; the whole run is asked
-for when it ends. Only the holder of the store's writer lock
-(``platform.store.writer_lock``) takes requests: it renames each to ``<name>.claimed``, ingests,
-and deletes the claimed files once the transaction is committed, or puts them back if it failed.
+for when it ends. Only the holder of the store's writer lock (``platform.store.writer_lock``)
+takes requests: it renames each to ``<name>.claimed``, ingests, and deletes the claimed files
+once the transaction is committed, or puts them back if it failed.
 A request made while its run is being ingested is a new file, left for the next round. Claimed
 files a holder left behind when it died are put back by the next one (it holds the lock, so no
 one else is working on them).
