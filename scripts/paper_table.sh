@@ -3,10 +3,13 @@
 # warm start and bootstrap iterations 1-3 for K in {1, 4}, 3 seeds each, on the embedded default.
 # Each group is an Optuna grid sweep of the platform itself, so the runs land in one DuckDB.
 #   bash scripts/paper_table.sh [RESULTS_DIR]        (default results/paper_table; about 3 hours on 2 quiet cores, 5 shared)
+# BOOTSTRAP_ARGS adds overrides to the bootstrap grid only, e.g. another split of compute:
+#   BOOTSTRAP_ARGS="em.warm_start_epochs=40" bash scripts/paper_table.sh results/split4040
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-results/paper_table}
 PY=${PY:-.venv/bin/python}
+read -r -a BOOT <<< "${BOOTSTRAP_ARGS:-}"
 SEEDS="seed: {type: categorical, choices: [0, 1, 2]}"
 
 $PY -m platform.sweep experiment=synthetic_thoughts paths.results="$R" sweep.study_name=table_synthetic sweep.pruner=none \
@@ -14,7 +17,7 @@ $PY -m platform.sweep experiment=synthetic_thoughts paths.results="$R" sweep.stu
 $PY -m platform.sweep experiment=raw_baseline paths.results="$R" sweep.study_name=table_raw sweep.pruner=none \
     sweep.sampler=grid sweep.n_trials=6 sweep.parallel=2 \
     "sweep.search_space={experiment.baseline: {type: categorical, choices: [raw_token_match, raw_flop_match]}, $SEEDS}"
-$PY -m platform.sweep experiment=bootstrap paths.results="$R" sweep.study_name=table_bootstrap sweep.pruner=none \
+$PY -m platform.sweep experiment=bootstrap "${BOOT[@]}" paths.results="$R" sweep.study_name=table_bootstrap sweep.pruner=none \
     sweep.sampler=grid sweep.n_trials=6 sweep.parallel=2 \
     "sweep.search_space={estep.num_samples: {type: categorical, choices: [1, 4]}, $SEEDS}"
 $PY -m experiments.results_table --results "$R"
