@@ -24,10 +24,10 @@ RUNS = [
 ]
 
 
-def _store(tmp_path):
+def _store(tmp_path, runs=RUNS):
     con = duckdb.connect(str(tmp_path / "platform.duckdb"))
     con.execute(SCHEMA.read_text())
-    for run, kind, seed, baseline, k, acc in RUNS:
+    for run, kind, seed, baseline, k, acc in runs:
         config = {"experiment": {"baseline": baseline}, "estep": {"num_samples": k}}
         con.execute("INSERT INTO runs (run_id, experiment, kind, seed, config, status) VALUES (?, ?, ?, ?, ?, 'completed')",
                     [run, kind, kind, seed, json.dumps(config)])
@@ -52,9 +52,23 @@ def test_table_counts_a_shared_warm_start_once_per_seed(tmp_path):
 def test_differences_carry_the_standard_error_of_two_independent_means(tmp_path):
     rows = _rows(results_table.comparisons_table(_store(tmp_path)))
     se = 0.1 / math.sqrt(3)
-    diff, se_diff, ratio = rows["synthetic thoughts - raw, token-match"]
+    diff, se_diff, ratio, _, _ = rows["synthetic thoughts - raw, token-match"]
     assert float(diff) == pytest.approx(0.7) and float(se_diff) == pytest.approx(math.sqrt(2) * se, abs=1e-3)
     assert float(ratio.strip(" |")) == pytest.approx(0.7 / (math.sqrt(2) * se), abs=0.05)
     assert float(rows["bootstrap K=4, iter 1 - bootstrap K=1, iter 1"][0]) == pytest.approx(0.1)
     assert float(rows["bootstrap K=1, iter 1 - bootstrap warm start (iter 0)"][0]) == pytest.approx(0.26)
     assert "raw, FLOP-match" not in " ".join(rows)  # no such runs, no such row
+
+
+def test_paired_difference_takes_out_what_a_seed_shares(tmp_path):
+    # K=4 and K=1 move together across seeds (a good seed is good for both): per-seed differences
+    # 0.1, 0.2, 0.0 have SE 0.1 / sqrt(3), far below the unpaired one
+    runs = [(f"k{k}-{s}", "bootstrap", s, None, k, {0: 0.05, 3: acc})
+            for k, accs in ((4, (0.5, 0.7, 0.9)), (1, (0.4, 0.5, 0.9))) for s, acc in enumerate(accs)]
+    row = _rows(results_table.comparisons_table(_store(tmp_path, runs)))["bootstrap K=4, iter 3 - bootstrap K=1, iter 3"]
+    diff, se, ratio, paired_se, paired_ratio = (c.strip(" |") for c in row)
+    unpaired = math.sqrt(0.2 ** 2 / 3 + math.sqrt(0.07) ** 2 / 3)  # sd 0.2 and sqrt(0.07)
+    assert float(diff) == pytest.approx(0.1)
+    assert float(se) == pytest.approx(unpaired, abs=1e-3) and float(ratio) == pytest.approx(0.1 / unpaired, abs=0.05)
+    assert float(paired_se) == pytest.approx(0.1 / math.sqrt(3), abs=1e-3)
+    assert float(paired_ratio) == pytest.approx(math.sqrt(3), abs=0.05)
