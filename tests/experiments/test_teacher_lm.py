@@ -157,8 +157,9 @@ def test_cli_synthetic_thoughts_with_an_lm_teacher(tmp_path):
     results = tmp_path / "results"
     _cli("experiment=raw_baseline", "experiment.baseline=none", f"paths.results={results}", *SMALL)
     (model,) = results.glob("artifacts/mstep/*/model")  # the embedded world's trained checkpoint
+    # every chunk gets a thought, as on a user corpus (the embedded default annotates answers only)
     run = ["experiment=synthetic_thoughts", "teacher=lm", f"teacher.model_path={model}", "teacher.max_tokens=16",
-           f"paths.results={results}", *SMALL]
+           "data.thought_chunks=all", f"paths.results={results}", *SMALL]
     _cli(*run)
 
     (teacher_dir,) = results.glob("artifacts/teacher/*")
