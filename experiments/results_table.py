@@ -121,13 +121,12 @@ def _comparisons(df) -> list[tuple[str, str]]:
     return [(a, b) for a, b in pairs if a in labels and b in labels]
 
 
-def _paired(df, a: str, b: str, metric: str) -> tuple[Optional[float], Optional[float], int]:
+def _paired(df, a: str, b: str, metric: str) -> tuple[Optional[float], Optional[float]]:
     """Mean and SE of the per-seed differences a_s - b_s over the seeds both rows have."""
     va = df[df.label == a].groupby("seed")[metric].mean()
     vb = df[df.label == b].groupby("seed")[metric].mean()
     seeds = sorted(set(va.index) & set(vb.index))
-    mean, se = _mean_se([va[s] - vb[s] for s in seeds])
-    return mean, se, len(seeds)
+    return _mean_se([va[s] - vb[s] for s in seeds])
 
 
 def comparisons_table(results: str, metric: str = "accuracy") -> str:
@@ -146,7 +145,7 @@ def comparisons_table(results: str, metric: str = "accuracy") -> str:
             continue
         se = math.sqrt(sa ** 2 + sb ** 2) if sa is not None and sb is not None else None
         ratio = f"{(ma - mb) / se:.1f}" if se else "-"
-        pm, pse, _ = _paired(df, a, b, metric)
+        pm, pse = _paired(df, a, b, metric)
         pratio = f"{pm / pse:.1f}" if pse else "-"
         lines.append(f"| {a} - {b} | {ma - mb:+.3f} | {'-' if se is None else f'{se:.3f}'} | {ratio} "
                      f"| {'-' if pse is None else f'{pse:.3f}'} | {pratio} |")
