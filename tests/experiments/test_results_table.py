@@ -67,7 +67,7 @@ def test_paired_difference_takes_out_what_a_seed_shares(tmp_path):
             for k, accs in ((4, (0.5, 0.7, 0.9)), (1, (0.4, 0.5, 0.9))) for s, acc in enumerate(accs)]
     row = _rows(results_table.comparisons_table(_store(tmp_path, runs)))["bootstrap K=4, iter 3 - bootstrap K=1, iter 3"]
     diff, se, ratio, paired_se, paired_ratio = (c.strip(" |") for c in row)
-    unpaired = math.sqrt(0.2 ** 2 / 3 + math.sqrt(0.07) ** 2 / 3)  # sd 0.2 and sqrt(0.07)
+    unpaired = math.sqrt((0.04 + 0.07) / 3)  # variances 0.04 and 0.07
     assert float(diff) == pytest.approx(0.1)
     assert float(se) == pytest.approx(unpaired, abs=1e-3) and float(ratio) == pytest.approx(0.1 / unpaired, abs=0.05)
     assert float(paired_se) == pytest.approx(0.1 / math.sqrt(3), abs=1e-3)
